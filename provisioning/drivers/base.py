@@ -1,0 +1,88 @@
+"""The interface every workload driver offers to the steps.
+
+A driver owns a tenant's traffic boundary (network) and its replicas. Every
+method is idempotent: it looks up what it would create by deterministic name
+or label before creating it, and treats "already gone" as success when
+removing. Names derive from ``key`` (for example ``t42-acme``), which the
+caller builds from the tenant's id and slug, so two tenants never share one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+# Labels put on everything the platform creates; reconcile finds orphans by them.
+LABEL_MANAGED = "io.tenant-console.managed"
+LABEL_TENANT = "io.tenant-console.tenant"
+LABEL_RUN = "io.tenant-console.run"
+LABEL_REPLICA = "io.tenant-console.replica"
+LABEL_KEY = "io.tenant-console.key"  # the driver key (e.g. t42-acme), to list by label
+NAME_PREFIX = "tpc-"
+
+
+@dataclass
+class Replica:
+    name: str  # deterministic: tpc-<key>-r<index>
+    index: int  # 1-based
+    host: str  # where it answers HTTP, e.g. 127.0.0.1
+    port: int
+    state: str  # "running", "created", "exited", ...
+    ref: str  # container id, or process id for the process driver
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Network:
+    name: str
+    ref: str
+    labels: dict = field(default_factory=dict)
+
+
+class WorkloadDriver(Protocol):
+    name: str
+
+    def ping(self) -> None:
+        """Raise TransientError(category='docker_unreachable') if unreachable."""
+
+    def ensure_image(self, image: str) -> None:
+        """Make sure the image exists, building the project's image if missing."""
+
+    def ensure_network(self, key: str, labels: dict) -> Network: ...
+
+    def find_network(self, key: str) -> Network | None: ...
+
+    def remove_network(self, key: str) -> bool:
+        """True when something was removed, False when it was already gone."""
+
+    def ensure_replicas(
+        self,
+        key: str,
+        *,
+        image: str,
+        count: int,
+        memory_mb: int,
+        labels: dict,
+        env: dict,
+        log=None,
+    ) -> list[Replica]:
+        """Create replicas 1..count that do not exist yet; start stopped ones.
+
+        ``log(message)``, when given, is called for each thing created or
+        found, so the step can record it for operators.
+        """
+
+    def list_replicas(self, key: str) -> list[Replica]: ...
+
+    def remove_replicas(self, key: str) -> int:
+        """Remove every replica of ``key``; return how many were removed."""
+
+    def list_managed(self) -> dict:
+        """Everything labelled as the platform's: {"replicas": [...], "networks": [...]}."""

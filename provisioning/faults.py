@@ -1,0 +1,76 @@
+"""Fault injection for tests and demonstrations (PROVISIONING_FAULTS_ENABLED=1 only).
+
+A fault is ``STEP:KIND[:N]``: ``transient`` fails N times then succeeds,
+``permanent`` fails, ``hang`` takes N seconds (honouring cancel), ``crash``
+ends the worker process abruptly at the step's start, N times.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from django.conf import settings
+
+from provisioning.errors import PermanentError, TransientError
+
+KINDS = ("transient", "permanent", "hang", "crash")
+DEFAULT_N = {"transient": 1, "permanent": 1, "hang": 60, "crash": 1}
+log = logging.getLogger("provisioning.faults")
+
+
+class FaultsDisabled(Exception):
+    pass
+
+
+def parse(spec: str) -> dict:
+    """'deploy_workloads:transient:2' -> {"step", "kind", "n", "used"}; ValueError if bad."""
+    from provisioning.steps import STEP_IDS
+
+    if not settings.PROVISIONING_FAULTS_ENABLED:
+        raise FaultsDisabled(
+            "fault injection is disabled here; set PROVISIONING_FAULTS_ENABLED=1 to use --fault"
+        )
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"--fault {spec!r}: expected STEP:KIND[:N]")
+    step, kind = parts[0], parts[1]
+    if step not in STEP_IDS:
+        raise ValueError(f"--fault {spec!r}: unknown step {step!r}; steps: {', '.join(STEP_IDS)}")
+    if kind not in KINDS:
+        raise ValueError(f"--fault {spec!r}: unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+    n = DEFAULT_N[kind]
+    if len(parts) == 3:
+        if not parts[2].isdigit() or int(parts[2]) < 1 or int(parts[2]) > 3600:
+            raise ValueError(f"--fault {spec!r}: N must be a whole number from 1 to 3600")
+        n = int(parts[2])
+    return {"step": step, "kind": kind, "n": n, "used": 0}
+
+
+def apply(ctx, step_id: str, attempt: int) -> None:
+    """Called by the engine at the start of each attempt of a step."""
+    if not settings.PROVISIONING_FAULTS_ENABLED:
+        return  # a worker where faults are off runs every step for real
+    faults = ctx.run.faults or []
+    for fault in faults:
+        if fault["step"] != step_id:
+            continue
+        kind, n = fault["kind"], fault["n"]
+        if kind == "crash" and fault.get("used", 0) < n:
+            fault["used"] = fault.get("used", 0) + 1
+            ctx.save_faults(faults)  # committed before dying, so the count survives
+            log.warning(
+                "injected crash at %s (%d/%d): exiting the worker", step_id, fault["used"], n
+            )
+            logging.shutdown()
+            os._exit(70)
+        if kind == "permanent":
+            raise PermanentError(f"injected permanent fault at {step_id}", category="fault")
+        if kind == "transient" and attempt <= n:
+            raise TransientError(
+                f"injected transient fault {attempt}/{n} at {step_id}", category="fault"
+            )
+        if kind == "hang" and attempt == 1:
+            ctx.log(f"injected hang: taking {n}s (cancel stops it)")
+            ctx.extend_deadline(n)
+            ctx.sleep(n)

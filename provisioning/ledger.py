@@ -1,0 +1,300 @@
+"""Fenced writes of a run's state, each with its audit event.
+
+Every function here takes the worker's ``Lease`` and writes only if the run
+still names that lease (owner and fence) and is still in flight: a worker
+that lost its lease, or whose run was reset, retried or finished meanwhile,
+gets ``Fenced`` and writes nothing. Each call is its own committed
+transaction, so "running" is on record before a step's side effects begin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from provisioning.audit import announce, record_event, topics_for
+from provisioning.errors import Fenced, StepError
+from provisioning.models import ProvisioningRun, StepLogLine, StepRun
+from tenants.models import Tenant
+
+Status = StepRun.Status
+RunStatus = ProvisioningRun.Status
+LIVE_SQL = "('queued', 'running', 'compensating')"
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: int
+    owner: str
+    fence: int
+
+
+def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
+    """Take the run's lease if it is free or expired; None if someone holds it.
+
+    One conditional UPDATE decides between racing workers: exactly one sees
+    its row change. The database's clock is the only clock, so hosts with
+    skewed clocks still agree on expiry.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE provisioning_provisioningrun
+               SET lease_owner = %s,
+                   lease_expires_at = now() + make_interval(secs => %s),
+                   heartbeat_at = now(),
+                   fence = fence + 1,
+                   status = CASE WHEN status = 'queued' THEN 'running' ELSE status END
+             WHERE id = %s
+               AND status IN {LIVE_SQL}
+               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+         RETURNING fence
+            """,
+            [owner, ttl, run_id],
+        )
+        row = cursor.fetchone()
+    return Lease(run_id, owner, row[0]) if row else None
+
+
+def heartbeat(lease: Lease, ttl: float) -> bool:
+    """Extend the lease; return whether cancel was requested. Raises Fenced."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE provisioning_provisioningrun
+               SET lease_expires_at = now() + make_interval(secs => %s), heartbeat_at = now()
+             WHERE id = %s AND lease_owner = %s AND fence = %s AND status IN {LIVE_SQL}
+         RETURNING cancel_requested
+            """,
+            [ttl, lease.run_id, lease.owner, lease.fence],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Fenced(f"run {lease.run_id}: lease lost")
+    return row[0]
+
+
+def cancel_requested(lease: Lease) -> bool:
+    run = ProvisioningRun.objects.filter(pk=lease.run_id).values("cancel_requested").first()
+    return bool(run and run["cancel_requested"])
+
+
+@contextlib.contextmanager
+def fenced(lease: Lease):
+    """A transaction that holds the run row and proves the lease is still ours."""
+    with transaction.atomic():
+        run = (
+            ProvisioningRun.objects.select_for_update()
+            .select_related("tenant", "tenant__plan")
+            .get(pk=lease.run_id)
+        )
+        if run.lease_owner != lease.owner or run.fence != lease.fence or not run.is_live:
+            raise Fenced(f"run {lease.run_id}: fence {lease.fence} is stale")
+        yield run
+
+
+def _step_details(step: StepRun, **extra) -> dict:
+    return {"step": step.step_id, "position": step.position, "attempt": step.attempts, **extra}
+
+
+def run_started(lease: Lease) -> None:
+    with fenced(lease) as run:
+        if run.started_at is None:
+            run.started_at = timezone.now()
+            run.save(update_fields=["started_at"])
+            if run.kind == ProvisioningRun.Kind.PROVISION:
+                record_event(
+                    "tenant.provisioning.started",
+                    tenant=run.tenant,
+                    run=run,
+                    details={"attempt": run.attempt, "plan": run.tenant.plan.name},
+                )
+
+
+def step_started(lease: Lease, step: StepRun) -> None:
+    with fenced(lease) as run:
+        step.status = Status.RUNNING
+        step.attempts += 1
+        step.started_at = step.started_at or timezone.now()
+        step.next_attempt_at = None
+        step.save(update_fields=["status", "attempts", "started_at", "next_attempt_at"])
+        record_event(
+            "tenant.provisioning.step_started",
+            tenant=run.tenant,
+            run=run,
+            details=_step_details(step),
+        )
+
+
+def step_retrying(lease: Lease, step: StepRun, error: StepError, next_at: datetime) -> None:
+    with fenced(lease) as run:
+        step.status = Status.RETRYING
+        step.error = str(error)
+        step.error_category = error.category
+        step.next_attempt_at = next_at
+        step.save(update_fields=["status", "error", "error_category", "next_attempt_at"])
+        record_event(
+            "tenant.provisioning.step_retrying",
+            tenant=run.tenant,
+            run=run,
+            details=_step_details(
+                step, error=str(error), category=error.category, next_attempt_at=next_at.isoformat()
+            ),
+        )
+
+
+def step_succeeded(lease: Lease, step: StepRun, outputs: dict, on_success=None) -> None:
+    with fenced(lease) as run:
+        step.status = Status.SUCCEEDED
+        step.finished_at = timezone.now()
+        step.outputs = outputs
+        step.next_attempt_at = None
+        step.save(update_fields=["status", "finished_at", "outputs", "next_attempt_at"])
+        record_event(
+            "tenant.provisioning.step_completed",
+            tenant=run.tenant,
+            run=run,
+            details=_step_details(step, outcome="succeeded", duration_s=step.duration_s),
+        )
+        if on_success:
+            on_success()
+
+
+def step_failed(lease: Lease, step: StepRun, error: StepError, *, best_effort: bool) -> None:
+    with fenced(lease) as run:
+        step.status = Status.FAILED
+        step.finished_at = timezone.now()
+        step.error = str(error)
+        step.error_category = error.category
+        step.next_attempt_at = None
+        step.save(
+            update_fields=["status", "finished_at", "error", "error_category", "next_attempt_at"]
+        )
+        if best_effort:
+            # The tenant stays as it is; the event says the step gave up.
+            record_event(
+                "tenant.provisioning.step_completed",
+                tenant=run.tenant,
+                run=run,
+                details=_step_details(step, outcome="failed", error=str(error), best_effort=True),
+            )
+        else:
+            run.failed_step = step.step_id
+            run.error = str(error)
+            run.error_category = error.category
+            run.save(update_fields=["failed_step", "error", "error_category"])
+
+
+def step_progress(lease: Lease, step: StepRun, progress: dict) -> None:
+    with fenced(lease) as run:
+        StepRun.objects.filter(pk=step.pk).update(progress=progress)
+        step.progress = progress
+        announce([f"tenant-{run.tenant_id}", "tenants"])
+
+
+def step_log(lease: Lease, step: StepRun, message: str, level: str = "info") -> None:
+    with fenced(lease) as run:
+        StepLogLine.objects.create(step=step, message=message[:4000], level=level)
+        announce([f"tenant-{run.tenant_id}"])
+
+
+def compensation_started(lease: Lease, *, cancelled: bool) -> None:
+    with fenced(lease) as run:
+        run.status = RunStatus.COMPENSATING
+        run.cancelled = run.cancelled or cancelled
+        if cancelled and not run.error:
+            run.error = "Cancelled by operator"
+            run.error_category = "cancelled"
+        run.save(update_fields=["status", "cancelled", "error", "error_category"])
+        announce(topics_for(run.tenant))
+
+
+def step_compensating(lease: Lease, step: StepRun) -> None:
+    with fenced(lease) as run:
+        step.status = Status.COMPENSATING
+        step.save(update_fields=["status"])
+        announce([f"tenant-{run.tenant_id}", "tenants"])
+
+
+def step_compensated(lease: Lease, step: StepRun, *, error: str = "") -> None:
+    """Record an undo; with ``error`` the undo failed and the step stays compensating."""
+    with fenced(lease) as run:
+        if error:
+            step.error = f"compensation failed: {error}"
+            step.save(update_fields=["error"])
+            announce([f"tenant-{run.tenant_id}"])
+            return
+        step.status = Status.COMPENSATED
+        step.save(update_fields=["status"])
+        record_event(
+            "tenant.provisioning.compensated",
+            tenant=run.tenant,
+            run=run,
+            details={"step": step.step_id, "position": step.position, "kind": run.kind},
+        )
+
+
+def run_succeeded(lease: Lease) -> None:
+    with fenced(lease) as run:
+        _finish(run, RunStatus.SUCCEEDED)
+        announce(topics_for(run.tenant))
+
+
+def run_failed(lease: Lease) -> None:
+    """After compensation: the run and the tenant end failed (or cancelled)."""
+    with fenced(lease) as run:
+        _finish(run, RunStatus.FAILED)
+        tenant = run.tenant
+        tenant.state = Tenant.State.FAILED
+        tenant.save(update_fields=["state", "updated_at"])
+        details = {
+            "attempt": run.attempt,
+            "failed_step": run.failed_step,
+            "error": run.error,
+            "category": run.error_category,
+        }
+        kind = "tenant.provisioning.cancelled" if run.cancelled else "tenant.provisioning.failed"
+        record_event(kind, tenant=tenant, run=run, details=details)
+
+
+def decommission_finished(lease: Lease, *, error: str = "") -> None:
+    with fenced(lease) as run:
+        tenant = run.tenant
+        if error:
+            run.error = error
+            _finish(run, RunStatus.FAILED)
+            announce(topics_for(tenant))
+            return
+        _finish(run, RunStatus.SUCCEEDED)
+        now = timezone.now()
+        tenant.state = Tenant.State.DECOMMISSIONED
+        tenant.decommissioned_at = now
+        tenant.save(update_fields=["state", "decommissioned_at", "updated_at"])
+        record_event(
+            "tenant.decommission.completed", tenant=tenant, run=run, details={"slug": tenant.slug}
+        )
+
+
+def _finish(run: ProvisioningRun, status: str) -> None:
+    run.status = status
+    run.finished_at = timezone.now()
+    run.lease_owner = ""
+    run.lease_expires_at = None
+    run.save(update_fields=["status", "finished_at", "lease_owner", "lease_expires_at", "error"])
+
+
+def release(lease: Lease) -> None:
+    """Give the lease up early (e.g. the worker is stopping), if still ours."""
+    ProvisioningRun.objects.filter(
+        pk=lease.run_id, lease_owner=lease.owner, fence=lease.fence
+    ).update(lease_expires_at=None, lease_owner="")
+
+
+def faults_used(lease: Lease, faults: list) -> None:
+    with fenced(lease) as run:
+        run.faults = faults
+        run.save(update_fields=["faults"])

@@ -1,0 +1,14 @@
+"""Hooks into django-q2's worker life cycle."""
+
+from django.dispatch import receiver
+from django_q.signals import post_spawn
+
+
+@receiver(post_spawn)
+def resume_runs_of_dead_workers(sender, proc_name, **kwargs):
+    # A worker spawned after another died (the cluster reincarnates it): runs
+    # whose lease names a dead process on this host can resume now, instead of
+    # waiting for the lease to expire and the reaper's next minute.
+    from provisioning.reaper import reap_dead_local_owners
+
+    reap_dead_local_owners()

@@ -1,0 +1,70 @@
+"""The status JSON of the contract (`tenant_status --json`, `/api/tenants/<slug>`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from provisioning.models import ProvisioningRun, StepRun
+from provisioning.steps import STEPS
+from tenants.models import Tenant
+
+Status = StepRun.Status
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def latest_run(tenant: Tenant) -> ProvisioningRun | None:
+    return tenant.runs.order_by("-created_at", "-id").first()
+
+
+def current_step(run: ProvisioningRun | None, steps: list[StepRun]) -> str | None:
+    if run is None or not run.is_live:
+        return None
+    for wanted in (Status.RUNNING, Status.RETRYING, Status.COMPENSATING):
+        for step in steps:
+            if step.status == wanted:
+                return step.step_id
+    # Between steps: the next one to run.
+    return next((s.step_id for s in steps if s.status == Status.PENDING), None)
+
+
+def step_json(step: StepRun) -> dict:
+    return {
+        "id": step.step_id,
+        "label": STEPS[step.position - 1].label,
+        "position": step.position,
+        "status": step.status,
+        "attempts": step.attempts,
+        "started_at": iso(step.started_at),
+        "finished_at": iso(step.finished_at),
+        "duration_s": step.duration_s,
+        "error": step.error or None,
+        "progress": step.progress or {},
+    }
+
+
+def tenant_status(tenant: Tenant) -> dict:
+    run = latest_run(tenant)
+    steps = list(run.steps.order_by("position")) if run else []
+    provision = (
+        run
+        if run is None or run.kind == ProvisioningRun.Kind.PROVISION
+        else tenant.runs.filter(kind=ProvisioningRun.Kind.PROVISION).order_by("-attempt").first()
+    )
+    return {
+        "slug": tenant.slug,
+        "org": tenant.org,
+        "plan": tenant.plan.name,
+        "state": tenant.state,
+        "url": tenant.url,
+        "attempt": provision.attempt if provision else 0,
+        "current_step": current_step(run, steps),
+        "failed_step": (provision.failed_step or None) if provision else None,
+        "error": (provision.error or None) if provision else None,
+        "cancelled": bool(provision and provision.cancelled),
+        "created_at": iso(tenant.created_at),
+        "activated_at": iso(tenant.activated_at),
+        "steps": [step_json(step) for step in steps],
+    }

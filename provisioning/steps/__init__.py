@@ -1,0 +1,32 @@
+"""The saga: one ordered list drives "Step N/M" everywhere."""
+
+from provisioning.steps.activate import MarkActive
+from provisioning.steps.base import Step
+from provisioning.steps.emails import SendWelcomeEmails
+from provisioning.steps.identity import AllocateIdentity
+from provisioning.steps.network import AllocateNetwork
+from provisioning.steps.readiness import WaitReady
+from provisioning.steps.schema import SeedSchema
+from provisioning.steps.storage import AllocateStorage
+from provisioning.steps.validate import Validate
+from provisioning.steps.workloads import DeployWorkloads
+
+STEPS: list[Step] = [
+    Validate(),
+    AllocateStorage(),
+    AllocateIdentity(),
+    AllocateNetwork(),
+    SeedSchema(),
+    DeployWorkloads(),
+    WaitReady(),
+    MarkActive(),
+    SendWelcomeEmails(),
+]
+STEP_IDS = [step.id for step in STEPS]
+BY_ID = {step.id: step for step in STEPS}
+TOTAL = len(STEPS)
+
+
+def step_at(position: int) -> Step:
+    """Positions are 1-based, as operators read them ("Step 3/9")."""
+    return STEPS[position - 1]

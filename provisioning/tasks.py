@@ -1,0 +1,11 @@
+"""django-q2 entry points. Each is a thin call into the engine or the reaper."""
+
+from provisioning import engine, reaper
+
+
+def advance_run(run_id: int) -> str:
+    return engine.advance(run_id)
+
+
+def reap_expired_leases() -> str:
+    return reaper.reap()

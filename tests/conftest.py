@@ -1,0 +1,175 @@
+"""Shared fixtures: named actors, plans, an in-process runner and a real qcluster."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.db import connection
+
+from provisioning import actions, engine
+from tenants.models import Plan, Tenant
+
+ROOT = Path(__file__).resolve().parent.parent
+_seed = importlib.import_module("tenants.migrations.0002_seed_plans_and_groups")
+
+
+@pytest.fixture
+def plans(db):
+    """The seeded plans and groups (transactional tests flush them away)."""
+    for plan in _seed.PLANS:
+        Plan.objects.update_or_create(
+            name=plan["name"], defaults={**plan, "image": settings.WORKLOAD_IMAGE}
+        )
+    for name in ("operators", "viewers"):
+        Group.objects.get_or_create(name=name)
+    return {plan.name: plan for plan in Plan.objects.all()}
+
+
+def _user(username: str, group: str | None) -> User:
+    user = User.objects.create_user(username, f"{username}@example.com", "pw-" + username * 2)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+@pytest.fixture
+def operator(plans):
+    return _user("olivia", "operators")
+
+
+@pytest.fixture
+def viewer(plans):
+    return _user("victor", "viewers")
+
+
+@pytest.fixture
+def outsider(plans):
+    return _user("oscar", None)
+
+
+@pytest.fixture
+def faults_enabled(settings):
+    settings.PROVISIONING_FAULTS_ENABLED = True
+
+
+@pytest.fixture
+def fast_backoff(settings):
+    settings.PROVISIONING_BACKOFF_BASE = 0.05
+    settings.PROVISIONING_BACKOFF_MAX = 0.2
+
+
+def drive(tenant: Tenant) -> str:
+    """Advance the tenant's latest run in this process, as a worker would."""
+    run = actions.latest_run(tenant)
+    return engine.advance(run.pk)
+
+
+def database_url() -> str:
+    """The URL of the database the tests use (the test database, not the dev one)."""
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "postgres")
+    if db["PASSWORD"]:
+        auth += ":" + quote(db["PASSWORD"])
+    host = db["HOST"] or ""
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{db['NAME']}?host={quote(host)}"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{auth}@{host}{port}/{db['NAME']}"
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        RESOURCE_NAMESPACE=settings.RESOURCE_NAMESPACE,
+        WORKLOAD_DRIVER=settings.WORKLOAD_DRIVER,
+        PROVISIONING_FAULTS_ENABLED="1",
+        DJANGO_SETTINGS_MODULE="console.settings",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Cluster:
+    """A real `manage.py qcluster` on the test database."""
+
+    def __init__(self, tmp_path: Path, name: str = "cluster", **env):
+        self.log_path = tmp_path / f"{name}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=subprocess_env(**env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while "running." not in self.log_path.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"qcluster did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def cluster_factory(transactional_db, tmp_path):
+    clusters: list[Cluster] = []
+
+    def start(name: str = "cluster", **env) -> Cluster:
+        cluster = Cluster(tmp_path, name, **env)
+        clusters.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
+
+
+def wait_for(predicate, timeout: float = 60, poll: float = 0.1, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def remove_leftover_workloads():
+    """Whatever a failing test left on the engine goes at the end of the session."""
+    yield
+    from provisioning.drivers import get_driver
+
+    prefix = f"tpc-{settings.RESOURCE_NAMESPACE}"
+    try:
+        driver = get_driver()
+        managed = driver.list_managed()
+    except Exception:
+        return
+    keys = {r.name[4:].rsplit("-r", 1)[0] for r in managed["replicas"] if r.name.startswith(prefix)}
+    keys |= {n.name[4:] for n in managed["networks"] if n.name.startswith(prefix)}
+    for key in keys:
+        driver.remove_replicas(key)
+        driver.remove_network(key)

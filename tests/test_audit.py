@@ -1,0 +1,56 @@
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from provisioning.audit import CHANNEL, record_event
+from provisioning.models import AuditEvent
+
+
+@pytest.mark.django_db
+def test_audit_events_cannot_be_changed_or_deleted():
+    event = record_event("tenant.created", details={"slug": "acme"})
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        AuditEvent.objects.filter(pk=event.seq).update(type="edited")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        AuditEvent.objects.filter(pk=event.seq).delete()
+    assert AuditEvent.objects.get().type == "tenant.created"
+
+
+@pytest.mark.django_db
+def test_seq_is_monotonic():
+    first = record_event("tenant.created")
+    second = record_event("tenant.created")
+    assert second.seq > first.seq
+
+
+def _listen():
+    import psycopg
+
+    from tests.conftest import database_url
+
+    listener = psycopg.connect(database_url(), autocommit=True)
+    listener.execute(f"LISTEN {CHANNEL}")
+    return listener
+
+
+def _drain(listener, timeout=0.5):
+    return [n.payload for n in listener.notifies(timeout=timeout, stop_after=None)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_event_is_announced_and_a_rolled_back_one_is_not():
+    listener = _listen()
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            record_event("tenant.created", details={"n": 1})
+            raise RuntimeError("roll back")
+        assert _drain(listener) == []
+
+        with transaction.atomic():
+            event = record_event("tenant.created", details={"n": 2})
+        payloads = _drain(listener)
+        assert len(payloads) == 1
+        assert f'"seq":{event.seq}' in payloads[0]
+        assert '"audit"' in payloads[0]
+    finally:
+        listener.close()
+        connection.close()

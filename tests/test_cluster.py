@@ -1,0 +1,168 @@
+"""The runner under a real `qcluster`: crashes, duplicate deliveries, the commands."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from django_q.tasks import async_task
+
+from provisioning import actions, faults
+from provisioning.drivers import get_driver
+from provisioning.models import AuditEvent, StepRun
+from provisioning.steps import STEP_IDS
+from tenants.models import Tenant
+from tests.conftest import ROOT, subprocess_env, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+
+def settle(tenant, timeout=60):
+    def done():
+        tenant.refresh_from_db()
+        run = actions.latest_run(tenant)
+        return not run.is_live and tenant.state != "provisioning"
+
+    wait_for(done, timeout=timeout, message=f"{tenant.slug} to settle")
+    return tenant
+
+
+def manage(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def cleanup(tenant):
+    tenant.refresh_from_db()
+    if tenant.state in ("active", "failed"):
+        actions.decommission_tenant(tenant)
+        settle(tenant)
+
+
+def test_a_crashed_worker_is_resumed_without_duplicate_containers(plans, faults_enabled, cluster_factory):
+    cluster = cluster_factory(PROVISIONING_LEASE_SECONDS=5)
+    tenant = actions.create_tenant(
+        slug="crashy",
+        org="demo",
+        plan="pro",
+        admin_email="a@example.com",
+        faults=[faults.parse("deploy_workloads:crash:1")],
+    )
+    settle(tenant, timeout=90)
+    assert tenant.state == "active", cluster.log_path.read_text()[-3000:]
+    replicas = get_driver().list_replicas(tenant.key)
+    assert len(replicas) == plans["pro"].replicas == 2
+    deploy = StepRun.objects.get(run__tenant=tenant, step_id="deploy_workloads")
+    assert deploy.attempts == 2  # the crashed attempt, then the resumed one
+    run = actions.latest_run(tenant)
+    assert run.faults[0]["used"] == 1
+    cleanup(tenant)
+    assert get_driver().list_replicas(tenant.key) == []
+
+
+def test_a_task_delivered_twice_runs_each_step_once(plans, faults_enabled, cluster_factory):
+    cluster_factory("first")
+    cluster_factory("second")
+    tenant = actions.create_tenant(
+        slug="twice",
+        org="demo",
+        plan="free",
+        admin_email="a@example.com",
+        # A slow first step keeps the first worker inside the run while the
+        # duplicate arrives at the other cluster.
+        faults=[faults.parse("validate:hang:2")],
+    )
+    run = actions.latest_run(tenant)
+    async_task("provisioning.tasks.advance_run", run.pk, task_name="duplicate-delivery")
+    settle(tenant)
+    assert tenant.state == "active"
+    started = list(
+        AuditEvent.objects.filter(
+            tenant=tenant, type="tenant.provisioning.step_started"
+        ).values_list("details__step", flat=True)
+    )
+    assert sorted(started) == sorted(STEP_IDS)  # each step ran exactly once
+    assert set(run.steps.values_list("attempts", flat=True)) == {1}
+
+    from django_q.models import Task
+
+    results = wait_for(
+        lambda: (
+            r
+            if len(
+                r := list(
+                    Task.objects.filter(func="provisioning.tasks.advance_run").values_list(
+                        "result", flat=True
+                    )
+                )
+            )
+            == 2
+            else None
+        ),
+        timeout=20,
+        message="both deliveries to finish",
+    )
+    assert sorted(results) == [
+        "not claimed: finished, or another worker holds the lease",
+        "succeeded",
+    ]
+    cleanup(tenant)
+
+
+def test_provision_command_waits_until_active_and_prints_the_status_json(plans, faults_enabled, cluster_factory):
+    cluster_factory()
+    started = time.monotonic()
+    done = manage(
+        "provision_tenant", "acme", "--org", "demo", "--plan", "free",
+        "--admin-email", "a@example.com", "--wait", "--json",
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["state"] == "active"
+    assert [s["status"] for s in status["steps"]] == ["succeeded"] * 9
+    assert took < 30
+    shown = manage("tenant_status", "acme", "--json")
+    assert json.loads(shown.stdout)["state"] == "active"
+    gone = manage("decommission_tenant", "acme", "--wait")
+    assert gone.returncode == 0, gone.stderr
+    assert Tenant.objects.get(slug="acme").state == "decommissioned"
+
+
+def test_cancel_command_stops_a_hanging_run_within_seconds(plans, faults_enabled, cluster_factory):
+    cluster_factory()
+    tenant = actions.create_tenant(
+        slug="hangs",
+        org="demo",
+        plan="free",
+        admin_email="a@example.com",
+        faults=[faults.parse("deploy_workloads:hang:60")],
+    )
+    wait_for(
+        lambda: StepRun.objects.filter(
+            run__tenant=tenant, step_id="deploy_workloads", status="running"
+        ).exists(),
+        timeout=30,
+        message="the hang to start",
+    )
+    started = time.monotonic()
+    cancelled = manage("cancel_provisioning", "hangs", "--reason", "stuck")
+    assert cancelled.returncode == 0, cancelled.stderr
+    settle(tenant, timeout=30)
+    took = time.monotonic() - started
+    assert tenant.state == "failed"
+    run = actions.latest_run(tenant)
+    assert run.cancelled
+    assert took < 6, f"cancel took {took:.1f}s"
+    assert get_driver().list_replicas(tenant.key) == []
+    assert (
+        AuditEvent.objects.filter(tenant=tenant).order_by("-seq").first().type
+        == "tenant.provisioning.cancelled"
+    )

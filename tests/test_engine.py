@@ -1,0 +1,353 @@
+"""The saga engine, driven in this process against real PostgreSQL and the workload driver."""
+
+import threading
+import time
+
+import pytest
+from django.core import mail
+from django.db import connection
+
+from provisioning import actions, engine, ledger
+from provisioning.drivers import get_driver
+from provisioning.errors import Fenced
+from provisioning.models import AuditEvent, ProvisioningRun, Route, StepRun, TenantIdentity
+from provisioning.status import tenant_status
+from provisioning.steps import STEP_IDS
+from provisioning.steps.schema import existing_tables
+from provisioning.steps.storage import schema_exists
+from tests.conftest import drive, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def create(slug="acme", plan="free", faults=(), user=None):
+    from provisioning import faults as fault_specs
+
+    return actions.create_tenant(
+        slug=slug,
+        org="demo",
+        plan=plan,
+        admin_email="admin@example.com",
+        user=user,
+        faults=[fault_specs.parse(spec) for spec in faults],
+    )
+
+
+def status_of(tenant):
+    tenant.refresh_from_db()
+    return tenant_status(tenant)
+
+
+def events(tenant, prefix="tenant."):
+    return list(
+        AuditEvent.objects.filter(tenant=tenant, type__startswith=prefix)
+        .order_by("seq")
+        .values_list("type", "details")
+    )
+
+
+def assert_nothing_left(tenant):
+    driver = get_driver()
+    assert driver.list_replicas(tenant.key) == []
+    assert driver.find_network(tenant.key) is None
+    assert not schema_exists(tenant.schema_name)
+    assert not Route.objects.filter(tenant=tenant).exists()
+    assert not TenantIdentity.objects.filter(tenant=tenant).exists()
+
+
+def test_it_provisions_a_tenant_to_active(plans, settings, tmp_path):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    tenant = create()
+    assert drive(tenant) == "succeeded"
+    tenant.refresh_from_db()
+    status = status_of(tenant)
+    assert status["state"] == "active"
+    assert [s["status"] for s in status["steps"]] == ["succeeded"] * 9
+    assert [s["id"] for s in status["steps"]] == STEP_IDS
+    replicas = get_driver().list_replicas(tenant.key)
+    assert len(replicas) == 1 and replicas[0].state == "running"
+    assert {"users", "settings", "projects"} <= existing_tables(tenant.schema_name)
+    assert Route.objects.get(tenant=tenant).enabled
+    assert [m.to for m in mail.outbox] == [["admin@example.com"]] * 3
+    assert "signin?token=" in mail.outbox[1].body
+    types = [t for t, _ in events(tenant)]
+    assert types[:3] == [
+        "tenant.created",
+        "tenant.provisioning.started",
+        "tenant.provisioning.step_started",
+    ]
+    assert "tenant.provisioning.completed" in types
+    ready = next(s for s in status["steps"] if s["id"] == "wait_ready")
+    assert ready["progress"]["message"] == "1/1 replicas ready"
+    assert ready["progress"]["replicas"][0]["state"] == "ready"
+    probes = StepRun.objects.get(run__tenant=tenant, step_id="wait_ready").log_lines.all()
+    assert any("/healthz -> 200" in line.message for line in probes)
+    # Clean up what the test made.
+    actions.decommission_tenant(tenant)
+    assert drive(tenant) == "decommissioned"
+    assert_nothing_left(tenant)
+
+
+def test_it_retries_a_transient_error_with_backoff(plans, faults_enabled, fast_backoff):
+    tenant = create(faults=["seed_schema:transient:2"])
+    drive(tenant)
+    status = status_of(tenant)
+    assert status["state"] == "active"
+    seed = next(s for s in status["steps"] if s["id"] == "seed_schema")
+    assert seed["attempts"] == 3
+    retrying = [d for t, d in events(tenant) if t == "tenant.provisioning.step_retrying"]
+    assert [(d["step"], d["attempt"]) for d in retrying] == [("seed_schema", 1), ("seed_schema", 2)]
+    assert all(d["next_attempt_at"] for d in retrying)
+    actions.decommission_tenant(tenant)
+    drive(tenant)
+
+
+def test_a_permanent_error_compensates_in_reverse_order(plans, faults_enabled):
+    tenant = create(faults=["deploy_workloads:permanent"])
+    assert drive(tenant) == "failed"
+    tenant.refresh_from_db()
+    status = status_of(tenant)
+    assert status["state"] == "failed"
+    assert status["failed_step"] == "deploy_workloads"
+    assert "injected permanent fault" in status["error"]
+    deploy = StepRun.objects.get(run__tenant=tenant, step_id="deploy_workloads")
+    assert deploy.attempts == 1  # permanent: no retry
+    compensated = [d["step"] for t, d in events(tenant) if t == "tenant.provisioning.compensated"]
+    assert compensated == list(reversed(STEP_IDS[:6]))
+    assert events(tenant)[-1][0] == "tenant.provisioning.failed"
+    assert_nothing_left(tenant)
+
+
+def test_transient_errors_past_the_budget_fail_the_step(plans, faults_enabled, fast_backoff):
+    tenant = create(faults=["allocate_storage:transient:10"])
+    assert drive(tenant) == "failed"
+    step = StepRun.objects.get(run__tenant=tenant, step_id="allocate_storage")
+    assert step.attempts == 3  # the step's budget
+    assert status_of(tenant)["failed_step"] == "allocate_storage"
+    assert_nothing_left(tenant)
+
+
+def test_cancel_during_a_hang_compensates_within_seconds(plans, faults_enabled):
+    tenant = create(faults=["deploy_workloads:hang:60"])
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=drive_and_close(tenant)))
+    worker.start()
+    wait_for(
+        lambda: StepRun.objects.filter(
+            run__tenant=tenant, step_id="deploy_workloads", status="running"
+        ).exists(),
+        timeout=30,
+        message="deploy_workloads to start",
+    )
+    cancelled_at = time.monotonic()
+    actions.request_cancel(tenant, reason="testing")
+    worker.join(timeout=30)
+    took = time.monotonic() - cancelled_at
+    assert outcome["result"] == "cancelled"
+    assert took < 5, f"cancel took {took:.1f}s"
+    status = status_of(tenant)
+    assert status["state"] == "failed" and status["cancelled"] is True
+    types = [t for t, _ in events(tenant)]
+    assert "tenant.provisioning.cancel_requested" in types
+    assert types[-1] == "tenant.provisioning.cancelled"
+    assert_nothing_left(tenant)
+
+
+def drive_and_close(tenant):
+    try:
+        return drive(tenant)
+    finally:
+        connection.close()
+
+
+def test_a_second_cancel_says_it_is_under_way_and_cancel_of_an_active_tenant_is_refused(plans):
+    tenant = create()
+    actions.request_cancel(tenant)
+    with pytest.raises(actions.AlreadyUnderWay):
+        actions.request_cancel(tenant)
+    drive(tenant)
+    tenant.refresh_from_db()
+    assert tenant.state == "failed"
+    with pytest.raises(actions.ActionError, match="only a tenant that is provisioning"):
+        actions.request_cancel(tenant)
+
+
+def test_reset_is_refused_while_a_worker_holds_the_lease(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    lease = ledger.claim(run.pk, "someone:1:x", ttl=30)
+    assert lease is not None
+    with pytest.raises(actions.ActionError, match="holds its lease"):
+        actions.reset_provisioning(tenant)
+    run.refresh_from_db()
+    assert run.reset_at is None
+
+
+def test_reset_of_a_run_whose_worker_died_fences_that_worker(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    lease = ledger.claim(run.pk, "dead:1:x", ttl=0.01)
+    time.sleep(0.05)  # the lease expires: the worker is gone
+    actions.reset_provisioning(tenant, reason="worker died")
+    tenant.refresh_from_db()
+    assert tenant.state == "failed"
+    with pytest.raises(Fenced):
+        ledger.step_started(lease, run.steps.first())
+    assert events(tenant)[-1][0] == "tenant.provisioning.reset"
+
+
+def test_a_stale_lease_cannot_write_after_another_worker_claims(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    old = ledger.claim(run.pk, "old:1:x", ttl=0.01)
+    time.sleep(0.05)
+    new = ledger.claim(run.pk, "new:2:y", ttl=30)
+    assert new.fence == old.fence + 1
+    step = run.steps.first()
+    with pytest.raises(Fenced):
+        ledger.step_succeeded(old, step, {"from": "old"})
+    ledger.step_started(new, step)
+    step.refresh_from_db()
+    assert step.status == "running" and step.outputs == {}
+
+
+def test_a_live_lease_refuses_a_second_claim(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    assert ledger.claim(run.pk, "a:1:x", ttl=30) is not None
+    assert ledger.claim(run.pk, "b:2:y", ttl=30) is None
+    assert engine.advance(run.pk).startswith("not claimed")
+
+
+def test_retry_after_compensation_starts_from_the_top(plans, faults_enabled):
+    tenant = create(faults=["deploy_workloads:permanent"])
+    drive(tenant)
+    run = actions.retry_provisioning(tenant, reason="fault removed")
+    assert run.attempt == 2
+    assert set(run.steps.values_list("status", flat=True)) == {"pending"}
+    assert drive(tenant) == "succeeded"
+    tenant.refresh_from_db()
+    assert tenant.state == "active" and status_of(tenant)["attempt"] == 2
+    retried = [d for t, d in events(tenant) if t == "tenant.provisioning.retried"]
+    assert retried[0]["resumes_at"] == "validate"
+    actions.decommission_tenant(tenant)
+    drive(tenant)
+
+
+def test_retry_resumes_at_the_failed_step_when_earlier_work_is_intact(plans, faults_enabled):
+    tenant = create(faults=["deploy_workloads:permanent"])
+    run = actions.latest_run(tenant)
+    # Run the first five steps, then fail as a worker would if compensation
+    # never happened (for example the worker died and the run was reset... no:
+    # a reset starts clean). Simulate: record steps 1-5 done and the run failed.
+    lease = ledger.claim(run.pk, "w:1:x", ttl=30)
+    state = engine.RunState(lease)
+    from provisioning.steps import STEPS
+
+    for step_run, step in zip(run.steps.order_by("position")[:5], STEPS[:5], strict=True):
+        assert engine._run_step(state, run, step_run, step) == "succeeded"
+    ledger.run_failed(lease)
+    tenant.refresh_from_db()
+    retry = actions.retry_provisioning(tenant)
+    statuses = list(retry.steps.order_by("position").values_list("status", flat=True))
+    assert statuses == ["skipped"] * 5 + ["pending"] * 4
+    assert drive(tenant) == "succeeded"
+    actions.decommission_tenant(tenant)
+    drive(tenant)
+    assert_nothing_left(tenant)
+
+
+def test_retry_after_reset_starts_from_the_top_even_if_work_is_intact(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    lease = ledger.claim(run.pk, "w:1:x", ttl=30)
+    state = engine.RunState(lease)
+    from provisioning.steps import STEPS
+
+    first = run.steps.get(position=1)
+    engine._run_step(state, run, first, STEPS[0])
+    ledger.run_failed(lease)
+    actions.reset_provisioning(tenant)
+    retry = actions.retry_provisioning(tenant)
+    assert set(retry.steps.values_list("status", flat=True)) == {"pending"}
+
+
+def test_retry_past_three_failures_needs_force(plans, faults_enabled):
+    tenant = create(faults=["validate:permanent"])
+    drive(tenant)
+    for _ in range(2):
+        run = actions.retry_provisioning(tenant)
+        ProvisioningRun.objects.filter(pk=run.pk).update(
+            faults=[{"step": "validate", "kind": "permanent", "n": 1, "used": 0}]
+        )
+        drive(tenant)
+    tenant.refresh_from_db()
+    assert actions.failed_attempts(tenant) == 3
+    with pytest.raises(actions.ActionError, match="--force"):
+        actions.retry_provisioning(tenant)
+    run = actions.retry_provisioning(tenant, force=True)
+    assert run.attempt == 4
+    assert [d["forced"] for t, d in events(tenant) if t.endswith(".retried")] == [
+        False,
+        False,
+        True,
+    ]
+
+
+def test_operations_in_the_wrong_state_are_refused_and_change_nothing(plans):
+    tenant = create()
+    before = AuditEvent.objects.count()
+    with pytest.raises(actions.AlreadyUnderWay, match="already provisioning"):
+        actions.retry_provisioning(tenant)
+    with pytest.raises(actions.ActionError, match="cancel it first"):
+        actions.decommission_tenant(tenant)
+    with pytest.raises(actions.ActionError, match="only a failed tenant can be reset"):
+        ProvisioningRun.objects.update(status="succeeded")
+        actions.reset_provisioning(tenant)
+    assert AuditEvent.objects.count() == before
+    tenant.refresh_from_db()
+    assert tenant.state == "provisioning"
+
+
+def test_decommission_frees_the_slug(plans):
+    tenant = create()
+    drive(tenant)
+    actions.decommission_tenant(tenant, reason="done")
+    assert drive(tenant) == "decommissioned"
+    tenant.refresh_from_db()
+    assert tenant.state == "decommissioned"
+    assert_nothing_left(tenant)
+    types = [t for t, _ in events(tenant)]
+    assert types[-1] == "tenant.decommission.completed"
+    again = create()
+    assert again.pk != tenant.pk
+    with pytest.raises(actions.ActionError, match="already decommissioned"):
+        actions.decommission_tenant(tenant)
+    drive(again)
+    actions.decommission_tenant(again)
+    drive(again)
+
+
+def test_welcome_emails_are_never_sent_twice(plans, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    tenant = create()
+    drive(tenant)
+    assert len(mail.outbox) == 3
+    run = actions.latest_run(tenant)
+    # Re-run the email step as a resumed run would.
+    StepRun.objects.filter(run=run, step_id="send_welcome_emails").update(status="pending")
+    ProvisioningRun.objects.filter(pk=run.pk).update(status="running", lease_expires_at=None)
+    drive(tenant)
+    assert len(mail.outbox) == 3
+    step = StepRun.objects.get(run=run, step_id="send_welcome_emails")
+    assert step.outputs["already_sent"] == ["welcome", "console", "onboarding"]
+    actions.decommission_tenant(tenant)
+    drive(tenant)
+
+
+def test_a_run_whose_recorded_steps_no_longer_match_the_code_refuses_to_go_on(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    StepRun.objects.filter(run=run, position=2).update(step_id="renamed_step")
+    with pytest.raises(engine.StepMismatch):
+        drive(tenant)
