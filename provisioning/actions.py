@@ -274,3 +274,41 @@ def decommission_tenant(tenant: Tenant, *, user=None, reason: str = "") -> Provi
             details={"from_state": previous_state, "reason": reason},
         )
     return run
+
+
+def allowed_actions(tenant: Tenant) -> dict[str, tuple[bool, str]]:
+    """Which operations the tenant's state allows now, each with why not.
+
+    The console uses this to show, disable and explain buttons; the actions
+    above enforce the same rules under the tenant's row lock.
+    """
+    run = latest_run(tenant)
+    live = bool(run and run.is_live)
+    state = tenant.state
+    S = Tenant.State
+    cancel = (True, "")
+    if state != S.PROVISIONING or not live:
+        cancel = (False, f"Only a provisioning tenant can be cancelled; this one is {state}.")
+    elif run.cancel_requested or run.status == RunStatus.COMPENSATING:
+        cancel = (False, "Cancel is already under way.")
+    retry = (True, "")
+    if state != S.FAILED:
+        retry = (False, f"Only a failed tenant can be retried; this one is {state}.")
+    reset = (True, "")
+    if state != S.FAILED:
+        reset = (False, f"Only a failed tenant can be reset; this one is {state}.")
+    elif run and run.kind == Kind.PROVISION and run.reset_at:
+        reset = (False, "The last attempt is already reset; retry starts from the top.")
+    decommission = (True, "")
+    if state == S.PROVISIONING:
+        decommission = (False, "Cancel provisioning first, then decommission.")
+    elif state == S.DECOMMISSIONING and live:
+        decommission = (False, "Decommissioning is already under way.")
+    elif state == S.DECOMMISSIONED:
+        decommission = (False, "This tenant is decommissioned.")
+    return {"cancel": cancel, "retry": retry, "reset": reset, "decommission": decommission}
+
+
+def needs_force(tenant: Tenant) -> bool:
+    """A retry now would be past the failed-attempts limit (the console asks to confirm)."""
+    return failed_attempts(tenant) >= settings.PROVISIONING_MAX_FAILED_ATTEMPTS
