@@ -1,0 +1,170 @@
+"""Websocket consumers: parse, subscribe to the hub, render. No domain logic here.
+
+Every consumer sends the full current state on connect (so a reconnecting
+tab catches up), then whatever the hub pushes. Frames from the browser are
+optional: ``{"action": "refresh"}`` re-sends the state; anything else gets an
+error frame and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils.html import escape
+
+from provisioning.live.hub import get_hub
+
+MAX_FRAME = 4096
+REJECT_UNAUTHENTICATED = 4401
+REJECT_NOT_FOUND = 4404
+
+
+def error_frame(message: str) -> str:
+    return (
+        '<div id="live-error" hx-swap-oob="true" class="live-error" role="alert">'
+        f"{escape(message)}</div>"
+    )
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    """Base: authentication, hub registration, inbound frame checking."""
+
+    topics: set[str]
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=REJECT_UNAUTHENTICATED)  # before accept: handshake refused
+            return
+        self.user = user
+        self.role = await database_sync_to_async(_role_of)(user)
+        if not await self.setup():
+            await self.close(code=REJECT_NOT_FOUND)
+            return
+        await self.accept()
+        await self.deliver(await database_sync_to_async(self.render)())
+        self.hub = get_hub()
+        self.hub.add(self)
+
+    async def disconnect(self, code) -> None:
+        hub = getattr(self, "hub", None)
+        if hub is not None:
+            hub.remove(self)
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        if bytes_data is not None or text_data is None:
+            await self.send(text_data=error_frame("Binary frames are not understood here."))
+            return
+        if len(text_data) > MAX_FRAME:
+            await self.send(text_data=error_frame("Frame too large; nothing was done."))
+            return
+        try:
+            message = json.loads(text_data)
+        except ValueError:
+            await self.send(text_data=error_frame("Frames must be JSON; nothing was done."))
+            return
+        if isinstance(message, dict) and message.get("action") == "refresh":
+            await self.deliver(await database_sync_to_async(self.render)())
+            return
+        await self.send(text_data=error_frame("Unknown request; nothing was done."))
+
+    async def deliver(self, html: str) -> None:
+        await self.send(text_data=html)
+
+    def query(self) -> dict[str, str]:
+        raw = self.scope.get("query_string", b"").decode("utf-8", "replace")
+        return dict(parse_qsl(raw, keep_blank_values=True)[:20])
+
+    # Subclasses
+    async def setup(self) -> bool:
+        raise NotImplementedError
+
+    def parts(self) -> list[tuple[tuple, Callable[[], str]]]:
+        raise NotImplementedError
+
+    def render(self) -> str:
+        return "".join(render() for _key, render in self.parts())
+
+
+def _role_of(user) -> str:
+    from tenants.access import role_of
+
+    return role_of(user)
+
+
+class TenantDetailConsumer(LiveConsumer):
+    async def setup(self) -> bool:
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        self.tenant_id = await database_sync_to_async(_tenant_id)(slug)
+        if self.tenant_id is None:
+            return False
+        self.topics = {f"tenant-{self.tenant_id}"}
+        return True
+
+    def parts(self):
+        return [(("detail", self.tenant_id, self.role), self._detail)]
+
+    def _detail(self) -> str:
+        from console.fragments import detail_fragments
+
+        from tenants.models import Tenant
+
+        tenant = Tenant.objects.select_related("plan").get(pk=self.tenant_id)
+        return detail_fragments(tenant, role=self.role)
+
+
+def _tenant_id(slug: str) -> int | None:
+    from tenants.lookup import find_tenant
+    from tenants.validation import LABEL_RE
+
+    if not LABEL_RE.match(slug):
+        return None
+    tenant = find_tenant(slug)
+    return tenant.pk if tenant else None
+
+
+class TenantListConsumer(LiveConsumer):
+    async def setup(self) -> bool:
+        from tenants.filters import list_filters
+
+        self.filters = list_filters(self.query())
+        # The user's own topic carries banner dismissals from their other tabs.
+        self.topics = {"tenants", f"user-{self.user.pk}"}
+        return True
+
+    def parts(self):
+        return [
+            (("list", self.role, tuple(sorted(self.filters.items()))), self._list),
+            (("banner", self.user.pk), self._banner),  # the banner is the user's own
+        ]
+
+    def _list(self) -> str:
+        from console.fragments import list_fragments
+
+        return list_fragments(role=self.role, **self.filters)
+
+    def _banner(self) -> str:
+        from console.fragments import banner_fragment
+
+        return banner_fragment(self.user)
+
+
+class AuditConsumer(LiveConsumer):
+    async def setup(self) -> bool:
+        from tenants.filters import audit_filters
+
+        self.filters = audit_filters(self.query())
+        self.topics = {"audit"}
+        return True
+
+    def parts(self):
+        return [(("audit", tuple(sorted(self.filters.items()))), self._audit)]
+
+    def _audit(self) -> str:
+        from console.fragments import audit_fragments
+
+        return audit_fragments(**self.filters)

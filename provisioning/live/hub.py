@@ -1,0 +1,218 @@
+"""One LISTEN connection per process, fanning changes out to local websockets.
+
+The database is the source of truth; a notification only says which topics
+changed. The hub keeps a registry of connected consumers by topic. When topics
+change it renders each affected view once per distinct render key (page kind,
+tenant, role, filters) and sends the same HTML to every consumer that shares
+the key, as htmx out-of-band swaps.
+
+Two safety nets keep tabs converging on the database even when a
+notification is lost: when the listener reconnects it refreshes every
+subscriber (notifications in the gap are gone), and while any run is in
+flight a resync every few seconds refreshes the topics it touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Protocol
+
+import psycopg
+from channels.db import database_sync_to_async
+from django.db import connections
+
+from provisioning.audit import CHANNEL
+
+log = logging.getLogger("provisioning.live")
+
+FLUSH_DELAY = 0.03  # seconds to gather a burst of notifications into one render
+RESYNC_SECONDS = 2.0
+BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
+
+
+class Subscriber(Protocol):
+    topics: set[str]
+
+    def parts(self) -> list[tuple[tuple, Callable[[], str]]]:
+        """(render key, sync render function) pairs; equal keys render equal HTML."""
+
+    async def deliver(self, html: str) -> None: ...
+
+
+def conninfo() -> dict:
+    db = connections["default"].settings_dict
+    params = {
+        "dbname": db["NAME"],
+        "user": db["USER"] or None,
+        "password": db["PASSWORD"] or None,
+        "host": db["HOST"] or None,
+        "port": db["PORT"] or None,
+        "application_name": "tenant-console-listener",
+        "autocommit": True,
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _db_call(fn, *args):
+    """Run an ORM function off the event loop (Channels closes stale connections)."""
+    return database_sync_to_async(fn)(*args)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.subscribers: dict[str, set[Subscriber]] = defaultdict(set)
+        self.dirty: set[str] = set()
+        self.seqs: set[int] = set()
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.connected = asyncio.Event()
+        self.listener_generation = 0  # bumps on every (re)connect, for tests
+
+    # -- registry ---------------------------------------------------------
+    def add(self, subscriber: Subscriber) -> None:
+        for topic in subscriber.topics:
+            self.subscribers[topic].add(subscriber)
+        self._ensure_running()
+
+    def remove(self, subscriber: Subscriber) -> None:
+        for topic in subscriber.topics:
+            self.subscribers[topic].discard(subscriber)
+            if not self.subscribers[topic]:
+                del self.subscribers[topic]
+
+    def mark(self, topics, seq: int | None = None) -> None:
+        self.dirty.update(t for t in topics if t in self.subscribers)
+        if seq is not None:
+            self.seqs.add(seq)
+        if self.dirty:
+            self.wake.set()
+
+    # -- tasks ------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self.tasks and all(not t.done() for t in self.tasks):
+            return
+        for task in self.tasks:
+            task.cancel()
+        self.tasks = [
+            asyncio.ensure_future(self._listen()),
+            asyncio.ensure_future(self._flush_loop()),
+            asyncio.ensure_future(self._resync_loop()),
+        ]
+
+    async def _listen(self) -> None:
+        delay = BACKOFF_START
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(**conninfo()) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listener_generation += 1
+                    self.connected.set()
+                    if self.listener_generation > 1:
+                        # Notifications sent while we were away are lost: refresh all.
+                        self.mark(list(self.subscribers))
+                    delay = BACKOFF_START
+                    async for notify in conn.notifies():
+                        self._on_notify(notify.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connected.clear()
+                log.warning("live listener lost its connection (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+
+    def _on_notify(self, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            topics = [str(t) for t in data.get("topics", [])]
+            seq = data.get("seq")
+        except (ValueError, AttributeError):
+            log.warning("ignoring a malformed notification: %.200r", payload)
+            return
+        self.mark(topics, seq if isinstance(seq, int) else None)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(FLUSH_DELAY)  # gather the rest of the burst
+            self.wake.clear()
+            topics, self.dirty = self.dirty, set()
+            seqs, self.seqs = self.seqs, set()
+            try:
+                await self.flush(topics, seqs)
+            except Exception:
+                log.exception("live flush failed for %s", sorted(topics))
+
+    async def flush(self, topics: set[str], seqs: set[int] = frozenset()) -> None:
+        targets: set[Subscriber] = set()
+        for topic in topics:
+            targets |= self.subscribers.get(topic, set())
+        if not targets:
+            return
+        toasts = await _db_call(_toasts_for, sorted(seqs)) if seqs else {}
+        # Each distinct part (page kind, tenant, role, filters) renders once
+        # for the whole process, however many sockets show it.
+        rendered: dict[tuple, str] = {}
+        for subscriber in targets:
+            html = []
+            for key, render in subscriber.parts():
+                if key not in rendered:
+                    rendered[key] = await _db_call(render)
+                html.append(rendered[key])
+            html.extend(toasts.get(topic, "") for topic in subscriber.topics)
+            await subscriber.deliver("".join(html))
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            if not self.subscribers:
+                continue
+            try:
+                live_tenants = await _db_call(_tenants_with_live_runs)
+            except Exception:
+                log.exception("live resync query failed")
+                continue
+            if live_tenants:
+                self.mark([f"tenant-{pk}" for pk in live_tenants] + ["tenants", "audit"])
+
+
+def _tenants_with_live_runs() -> list[int]:
+    from provisioning.models import ProvisioningRun
+
+    return list(
+        ProvisioningRun.objects.filter(status__in=ProvisioningRun.LIVE).values_list(
+            "tenant_id", flat=True
+        )
+    )
+
+
+def _toasts_for(seqs: list[int]) -> dict[str, str]:
+    """Toast HTML per tenant topic for the events among ``seqs`` that deserve one."""
+    from console.fragments import toast_fragments
+
+    from provisioning.models import AuditEvent
+
+    events = list(AuditEvent.objects.filter(seq__in=seqs).select_related("tenant"))
+    by_topic: dict[str, list] = defaultdict(list)
+    for event in events:
+        if event.tenant_id:
+            by_topic[f"tenant-{event.tenant_id}"].append(event)
+    return {topic: html for topic, evs in by_topic.items() if (html := toast_fragments(evs))}
+
+
+_hubs: dict[int, Hub] = {}
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop (one per daphne process in production)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(id(loop))
+    if hub is None or getattr(hub, "_loop", None) is not loop:
+        hub = Hub()
+        hub._loop = loop
+        _hubs[id(loop)] = hub
+    return hub

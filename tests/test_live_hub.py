@@ -1,0 +1,151 @@
+"""The per-process live hub: LISTEN/NOTIFY fan-out, coalescing, reconnect, resync."""
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from django.db import connection, transaction
+
+from provisioning import actions
+from provisioning.audit import announce, record_event
+from provisioning.live import hub as hub_module
+from provisioning.live.hub import Hub
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+class FakeSubscriber:
+    """Counts renders and deliveries; stands in for a websocket consumer."""
+
+    def __init__(self, topics, key=("k",)):
+        self.topics = set(topics)
+        self.key = key
+        self.renders = 0
+        self.delivered: list[str] = []
+        self.got = asyncio.Event()
+
+    def parts(self):
+        return [(self.key, self._render)]
+
+    def _render(self) -> str:
+        self.renders += 1
+        return f"<div id='x'>{self.renders}</div>"
+
+    async def deliver(self, html: str) -> None:
+        self.delivered.append(html)
+        self.got.set()
+
+
+async def wait_delivery(subscriber, timeout=5.0):
+    await asyncio.wait_for(subscriber.got.wait(), timeout)
+    subscriber.got.clear()
+
+
+@database_sync_to_async
+def notify(topics):
+    with transaction.atomic():
+        announce(topics)
+
+
+async def started_hub(*subscribers) -> Hub:
+    hub = Hub()
+    for subscriber in subscribers:
+        hub.add(subscriber)
+    await asyncio.wait_for(hub.connected.wait(), 10)
+    return hub
+
+
+async def stop(hub: Hub):
+    for task in hub.tasks:
+        task.cancel()
+    await asyncio.gather(*hub.tasks, return_exceptions=True)
+
+
+async def test_a_notification_reaches_every_subscriber_of_its_topic_only():
+    first, second = FakeSubscriber({"tenant-1"}), FakeSubscriber({"tenant-1"})
+    other = FakeSubscriber({"tenant-2"}, key=("other",))
+    hub = await started_hub(first, second, other)
+    try:
+        await notify(["tenant-1"])
+        await wait_delivery(first)
+        await wait_delivery(second)
+        assert other.delivered == []
+        # One render for both sockets: they share a render key.
+        assert first.renders + second.renders == 1
+        assert first.delivered == second.delivered
+    finally:
+        await stop(hub)
+
+
+async def test_a_rolled_back_change_is_never_pushed():
+    subscriber = FakeSubscriber({"audit"})
+    hub = await started_hub(subscriber)
+    try:
+
+        @database_sync_to_async
+        def rolled_back():
+            with pytest.raises(RuntimeError), transaction.atomic():
+                record_event("tenant.created")
+                raise RuntimeError
+
+        await rolled_back()
+        await asyncio.sleep(0.5)
+        assert subscriber.delivered == []
+    finally:
+        await stop(hub)
+
+
+async def test_a_burst_of_notifications_renders_once():
+    subscriber = FakeSubscriber({"tenants"})
+    hub = await started_hub(subscriber)
+    try:
+
+        @database_sync_to_async
+        def burst():
+            for _ in range(20):
+                with transaction.atomic():
+                    announce(["tenants"])
+
+        await burst()
+        await wait_delivery(subscriber)
+        await asyncio.sleep(0.3)
+        assert subscriber.renders <= 3
+    finally:
+        await stop(hub)
+
+
+async def test_the_listener_reconnects_and_refreshes_everyone(monkeypatch):
+    monkeypatch.setattr(hub_module, "BACKOFF_START", 0.1)
+    subscriber = FakeSubscriber({"tenant-9"})
+    hub = await started_hub(subscriber)
+    try:
+
+        @database_sync_to_async
+        def kill_listener():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'tenant-console-listener' AND datname = current_database()"
+                )
+
+        await kill_listener()
+        await wait_delivery(subscriber, timeout=10)  # the full refresh after reconnect
+        assert hub.listener_generation == 2
+        await notify(["tenant-9"])
+        await wait_delivery(subscriber)
+    finally:
+        await stop(hub)
+
+
+async def test_while_a_run_is_live_pages_resync_without_any_notification(plans, monkeypatch):
+    monkeypatch.setattr(hub_module, "RESYNC_SECONDS", 0.2)
+    tenant = await database_sync_to_async(actions.create_tenant)(
+        slug="acme", org="demo", plan="free", admin_email="a@example.com"
+    )
+    subscriber = FakeSubscriber({f"tenant-{tenant.pk}"})
+    hub = await started_hub(subscriber)
+    try:
+        await wait_delivery(subscriber, timeout=5)
+        assert subscriber.renders >= 1
+    finally:
+        await stop(hub)
