@@ -125,7 +125,8 @@ async def test_the_listener_reconnects_and_refreshes_everyone(monkeypatch):
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = 'tenant-console-listener' AND datname = current_database()"
+                    "WHERE application_name = 'tenant-console-listener' "
+                    "AND datname = current_database()"
                 )
 
         await kill_listener()
