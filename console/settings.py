@@ -126,6 +126,10 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Tenant Console <conso
 # Workloads.
 WORKLOAD_DRIVER = envchoice("WORKLOAD_DRIVER", "auto", ("auto", "docker", "process"))
 WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", "tenant-console/workload:1")
+# Each tenant's Docker network gets its own small subnet from this pool (the
+# engine's default pools run out after about 30 networks).
+WORKLOAD_SUBNET_POOL = os.environ.get("WORKLOAD_SUBNET_POOL", "10.213.0.0/16")
+WORKLOAD_SUBNET_PREFIX = envint("WORKLOAD_SUBNET_PREFIX", "27")
 # Prefix of every container, network and process name this installation
 # creates (after "tpc-"); lower-case letters, digits and '-' only.
 RESOURCE_NAMESPACE = os.environ.get("RESOURCE_NAMESPACE", "")

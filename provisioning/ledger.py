@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
+from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from provisioning.audit import announce, record_event, topics_for
-from provisioning.errors import Fenced, StepError
+from provisioning.errors import Cancelled, Fenced, StepError
 from provisioning.models import ProvisioningRun, StepLogLine, StepRun
 from tenants.models import Tenant
 
@@ -84,16 +86,30 @@ def cancel_requested(lease: Lease) -> bool:
 
 
 @contextlib.contextmanager
-def fenced(lease: Lease):
-    """A transaction that holds the run row and proves the lease is still ours."""
+def fenced(lease: Lease, *, during_cancel: bool = False):
+    """A transaction that holds the run row and proves the lease is still ours.
+
+    Refused (Fenced) when another claim, a reset or a finish bumped the fence
+    or the lease expired; refused (Cancelled) once a cancel was requested,
+    except for the writes that carry the cancel out (``during_cancel``).
+    """
     with transaction.atomic():
         run = (
-            ProvisioningRun.objects.select_for_update()
+            ProvisioningRun.objects.select_for_update(of=("self",))
             .select_related("tenant", "tenant__plan")
+            .annotate(
+                lease_expired=ExpressionWrapper(
+                    Q(lease_expires_at__lt=Now()), output_field=BooleanField()
+                )
+            )
             .get(pk=lease.run_id)
         )
         if run.lease_owner != lease.owner or run.fence != lease.fence or not run.is_live:
             raise Fenced(f"run {lease.run_id}: fence {lease.fence} is stale")
+        if run.lease_expired:
+            raise Fenced(f"run {lease.run_id}: lease expired")
+        if run.cancel_requested and not during_cancel:
+            raise Cancelled()
         yield run
 
 
@@ -102,7 +118,7 @@ def _step_details(step: StepRun, **extra) -> dict:
 
 
 def run_started(lease: Lease) -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         if run.started_at is None:
             run.started_at = timezone.now()
             run.save(update_fields=["started_at"])
@@ -165,7 +181,7 @@ def step_succeeded(lease: Lease, step: StepRun, outputs: dict, on_success=None) 
 
 
 def step_failed(lease: Lease, step: StepRun, error: StepError, *, best_effort: bool) -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         step.status = Status.FAILED
         step.finished_at = timezone.now()
         step.error = str(error)
@@ -197,13 +213,13 @@ def step_progress(lease: Lease, step: StepRun, progress: dict) -> None:
 
 
 def step_log(lease: Lease, step: StepRun, message: str, level: str = "info") -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         StepLogLine.objects.create(step=step, message=message[:4000], level=level)
         announce([f"tenant-{run.tenant_id}"])
 
 
 def compensation_started(lease: Lease, *, cancelled: bool) -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         run.status = RunStatus.COMPENSATING
         run.cancelled = run.cancelled or cancelled
         if cancelled and not run.error:
@@ -214,7 +230,7 @@ def compensation_started(lease: Lease, *, cancelled: bool) -> None:
 
 
 def step_compensating(lease: Lease, step: StepRun) -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         step.status = Status.COMPENSATING
         step.save(update_fields=["status"])
         announce([f"tenant-{run.tenant_id}", "tenants"])
@@ -222,7 +238,7 @@ def step_compensating(lease: Lease, step: StepRun) -> None:
 
 def step_compensated(lease: Lease, step: StepRun, *, error: str = "") -> None:
     """Record an undo; with ``error`` the undo failed and the step stays compensating."""
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         if error:
             step.error = f"compensation failed: {error}"
             step.save(update_fields=["error"])
@@ -239,14 +255,14 @@ def step_compensated(lease: Lease, step: StepRun, *, error: str = "") -> None:
 
 
 def run_succeeded(lease: Lease) -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         _finish(run, RunStatus.SUCCEEDED)
         announce(topics_for(run.tenant))
 
 
 def run_failed(lease: Lease) -> None:
     """After compensation: the run and the tenant end failed (or cancelled)."""
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         _finish(run, RunStatus.FAILED)
         tenant = run.tenant
         tenant.state = Tenant.State.FAILED
@@ -262,7 +278,7 @@ def run_failed(lease: Lease) -> None:
 
 
 def decommission_finished(lease: Lease, *, error: str = "") -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         tenant = run.tenant
         if error:
             run.error = error
@@ -295,6 +311,6 @@ def release(lease: Lease) -> None:
 
 
 def faults_used(lease: Lease, faults: list) -> None:
-    with fenced(lease) as run:
+    with fenced(lease, during_cancel=True) as run:
         run.faults = faults
         run.save(update_fields=["faults"])

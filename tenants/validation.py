@@ -32,13 +32,13 @@ def label_error(value: str, what: str) -> str | None:
     if not value:
         return f"Enter a {what}."
     if len(value) < MIN_LEN or len(value) > MAX_LEN:
-        return f"A {what} is {MIN_LEN} to {MAX_LEN} characters long (got {len(value)})."
+        return f"The {what} must be {MIN_LEN} to {MAX_LEN} characters long (got {len(value)})."
     if not LABEL_RE.match(value):
         if LABEL_RE.match(value.lower()):
-            return f"A {what} is lower-case: use {value.lower()!r}."
+            return f"The {what} must be lower-case: use {value.lower()!r}."
         if value.startswith("-") or value.endswith("-"):
-            return f"A {what} cannot start or end with '-'."
-        return f"A {what} uses only a-z, 0-9 and '-'."
+            return f"The {what} cannot start or end with '-'."
+        return f"The {what} may use only a-z, 0-9 and '-'."
     if value in RESERVED:
         return f"{value!r} is reserved; choose another {what}."
     return None

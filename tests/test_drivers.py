@@ -149,6 +149,23 @@ def test_ensure_network_is_idempotent(docker_driver, docker_key):  # noqa: F811
 
 
 @pytest.mark.docker
+def test_more_tenant_networks_fit_than_the_engine_default_pools_allow(docker_driver):  # noqa: F811
+    # The engine's default pools hold about 30 bridge networks; each tenant
+    # network takes its own /27 from WORKLOAD_SUBNET_POOL instead.
+    keys = [f"test{uuid.uuid4().hex[:8]}-n{i}" for i in range(40)]
+    try:
+        subnets = set()
+        for key in keys:
+            net = docker_driver.ensure_network(key, {})
+            attrs = docker_driver.client.networks.get(net.ref).attrs
+            subnets.add(attrs["IPAM"]["Config"][0]["Subnet"])
+        assert len(subnets) == 40
+        assert all(subnet.startswith("10.213.") for subnet in subnets)
+    finally:
+        for key in keys:
+            docker_driver.remove_network(key)
+
+
 def test_docker_replicas_serve_and_ensure_is_idempotent(docker_driver, docker_key):  # noqa: F811
     docker_driver.ensure_image(IMAGE)
     network = docker_driver.ensure_network(docker_key, LABELS)

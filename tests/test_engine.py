@@ -108,7 +108,7 @@ def test_a_permanent_error_compensates_in_reverse_order(plans, faults_enabled):
     tenant.refresh_from_db()
     status = status_of(tenant)
     assert status["state"] == "failed"
-    assert status["failed_step"] == "deploy_workloads"
+    assert status["failed_step"] == "deploy_workloads", status["error"]
     assert "injected permanent fault" in status["error"]
     deploy = StepRun.objects.get(run__tenant=tenant, step_id="deploy_workloads")
     assert deploy.attempts == 1  # permanent: no retry
@@ -351,3 +351,30 @@ def test_a_run_whose_recorded_steps_no_longer_match_the_code_refuses_to_go_on(pl
     StepRun.objects.filter(run=run, position=2).update(step_id="renamed_step")
     with pytest.raises(engine.StepMismatch):
         drive(tenant)
+
+
+def test_an_expired_lease_cannot_write_even_when_nobody_claimed_the_run(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    lease = ledger.claim(run.pk, "slow:1:x", ttl=0.01)
+    time.sleep(0.05)
+    with pytest.raises(Fenced, match="expired"):
+        ledger.step_started(lease, run.steps.first())
+
+
+def test_progress_and_results_are_refused_once_cancel_is_requested(plans):
+    from provisioning.errors import Cancelled
+
+    tenant = create()
+    run = actions.latest_run(tenant)
+    lease = ledger.claim(run.pk, "w:1:x", ttl=30)
+    step = run.steps.get(position=1)
+    ledger.step_started(lease, step)
+    actions.request_cancel(tenant)
+    with pytest.raises(Cancelled):
+        ledger.step_progress(lease, step, {"message": "late"})
+    with pytest.raises(Cancelled):
+        ledger.step_succeeded(lease, step, {"late": True})
+    step.refresh_from_db()
+    assert step.status == "running" and step.progress == {} and step.outputs == {}
+    ledger.step_compensating(lease, step)  # carrying the cancel out is allowed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import tarfile
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from provisioning.errors import PermanentError, StepError, TransientError, classify
@@ -194,11 +196,56 @@ class DockerDriver:
             if existing:
                 return _network(existing[0])
             all_labels = {**labels, LABEL_MANAGED: "true", LABEL_KEY: key}
-            with _docker_errors():
-                net = self.client.networks.create(
-                    name, driver="bridge", labels=all_labels, check_duplicate=True
+            return _network(self._create_with_own_subnet(name, all_labels))
+
+    def _create_with_own_subnet(self, name: str, labels: dict):
+        """Create a bridge network on a small subnet of WORKLOAD_SUBNET_POOL.
+
+        The engine's default pools hold only about 30 bridge networks, which
+        would cap a host at 30 tenants (seen here: the 24th network failed
+        with "could not find an available, non-overlapping IPv4 address
+        pool"). A /27 per tenant from a /16 gives 2,048. Picking and creating
+        happen under a host-wide lock; a clash with another host's pick is
+        retried with the next free subnet.
+        """
+        tried: set[ipaddress.IPv4Network] = set()
+        with file_lock("docker-subnets"):
+            for _ in range(5):
+                subnet = self._free_subnet(exclude=tried)
+                tried.add(subnet)
+                ipam = docker.types.IPAMConfig(
+                    pool_configs=[docker.types.IPAMPool(subnet=str(subnet))]
                 )
-            return _network(net)
+                try:
+                    with _docker_errors():
+                        return self.client.networks.create(
+                            name, driver="bridge", labels=labels, ipam=ipam, check_duplicate=True
+                        )
+                except StepError as exc:
+                    if "overlap" not in str(exc):
+                        raise
+        raise TransientError(f"could not find a free subnet for {name} after 5 tries")
+
+    def _free_subnet(self, exclude) -> ipaddress.IPv4Network:
+        from django.conf import settings
+
+        pool = ipaddress.ip_network(settings.WORKLOAD_SUBNET_POOL)
+        prefix = settings.WORKLOAD_SUBNET_PREFIX
+        used = set(exclude)
+        with _docker_errors():
+            networks = self.client.networks.list()
+        for net in networks:
+            for config in (net.attrs.get("IPAM") or {}).get("Config") or []:
+                with contextlib.suppress(KeyError, ValueError):
+                    used.add(ipaddress.ip_network(config["Subnet"], strict=False))
+        for candidate in pool.subnets(new_prefix=prefix):
+            if not any(candidate.overlaps(other) for other in used):
+                return candidate
+        raise PermanentError(
+            f"every /{prefix} of WORKLOAD_SUBNET_POOL={pool} is in use; "
+            "decommission tenants or configure a larger pool",
+            category="docker_unreachable",
+        )
 
     def remove_network(self, key: str) -> bool:
         removed = False
