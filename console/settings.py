@@ -85,6 +85,10 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL"), VAR_DIR)}
+if "pytest" in sys.modules:
+    # One test database per test session, so two sessions on one server
+    # (a developer's and CI's, or parallel helpers) never drop each other's.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_console_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

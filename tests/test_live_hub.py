@@ -56,9 +56,7 @@ async def started_hub(*subscribers) -> Hub:
 
 
 async def stop(hub: Hub):
-    for task in hub.tasks:
-        task.cancel()
-    await asyncio.gather(*hub.tasks, return_exceptions=True)
+    await hub.stop()
 
 
 async def test_a_notification_reaches_every_subscriber_of_its_topic_only():

@@ -103,6 +103,13 @@ class Hub:
             asyncio.ensure_future(self._resync_loop()),
         ]
 
+    async def stop(self) -> None:
+        """Cancel the hub's tasks; the listener's connection closes with its task."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+
     async def _listen(self) -> None:
         delay = BACKOFF_START
         while True:
@@ -205,6 +212,13 @@ def _toasts_for(seqs: list[int]) -> dict[str, str]:
 
 
 _hubs: dict[int, Hub] = {}
+
+
+async def stop_hub() -> None:
+    """Stop the running loop's hub, if any (tests; daphne just exits)."""
+    hub = _hubs.pop(id(asyncio.get_running_loop()), None)
+    if hub is not None:
+        await hub.stop()
 
 
 def get_hub() -> Hub:
