@@ -200,7 +200,6 @@ def _tenants_with_live_runs() -> list[int]:
 def _toasts_for(seqs: list[int]) -> dict[str, str]:
     """Toast HTML per tenant topic for the events among ``seqs`` that deserve one."""
     from console.fragments import toast_fragments
-
     from provisioning.models import AuditEvent
 
     events = list(AuditEvent.objects.filter(seq__in=seqs).select_related("tenant"))
