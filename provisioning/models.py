@@ -198,3 +198,25 @@ class WelcomeEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.to}"
+
+
+class BannerDismissal(models.Model):
+    """A user said "seen it" to the "Last attempt failed" banner for one run.
+
+    Stored server-side, not in the browser, so every tab and device of the
+    user agrees; the dismiss view announces it on the user's topic.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="banner_dismissals"
+    )
+    run = models.ForeignKey(ProvisioningRun, on_delete=models.CASCADE, related_name="dismissals")
+    dismissed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "run"], name="banner_dismissed_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} dismissed {self.run}"

@@ -70,14 +70,17 @@ def wait_until_settled(tenant: Tenant, *, timeout: float, echo=None, poll: float
     last_line = None
     warned = False
     while True:
+        # The run first, then the status: a run that settled before this read
+        # is fully reflected in the status read after it.
+        run = tenant.runs.order_by("-created_at", "-id").first()
+        settled = run is None or not run.is_live
         tenant.refresh_from_db()
         status = tenant_status(tenant)
         line = progress_line(status)
         if echo and line and line != last_line:
             echo(line)
             last_line = line
-        run = tenant.runs.order_by("-created_at", "-id").first()
-        if run is None or not run.is_live:
+        if settled:
             return status
         waited = time.monotonic() - started
         if (

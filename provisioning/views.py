@@ -1,9 +1,23 @@
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import Http404, HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
+from console import fragments, presenters
+from provisioning.failures import (
+    DEFAULT_HOURS,
+    DEFAULT_LIMIT,
+    MAX_HOURS,
+    MAX_LIMIT,
+    clamp,
+    dismiss_failure,
+    recent_failures,
+)
+from provisioning.models import ProvisioningRun
 from provisioning.status import tenant_status
+from tenants.access import role_of
+from tenants.filters import audit_filters, audit_query
 from tenants.lookup import find_tenant
 
 
@@ -24,3 +38,59 @@ def tenant_status_api(request: HttpRequest, slug: str) -> JsonResponse:
     if tenant is None:
         raise Http404("No tenant with that slug")
     return JsonResponse(tenant_status(tenant))
+
+
+@login_required
+@require_GET
+def recent_failures_api(request: HttpRequest) -> JsonResponse:
+    """The signed-in user's latest failed attempts: what the "Last attempt failed" banner shows.
+
+    ``hours`` (default 24, at most 168) and ``limit`` (default 1, at most 20);
+    a bad value means its default. A failing query answers ``degraded: true``
+    with no failures rather than an error, so the banner just stays away.
+    """
+    hours = clamp(request.GET.get("hours"), DEFAULT_HOURS, MAX_HOURS)
+    limit = clamp(request.GET.get("limit"), DEFAULT_LIMIT, MAX_LIMIT)
+    failures, degraded = recent_failures(request.user, hours=hours, limit=limit)
+    return JsonResponse(
+        {"degraded": degraded, "hours": hours, "limit": limit, "failures": failures}
+    )
+
+
+@login_required
+@require_POST
+def dismiss_failure_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Hide the banner for this failed run, for this user, in every tab."""
+    run = get_object_or_404(ProvisioningRun, pk=run_id, created_by=request.user)
+    dismiss_failure(request.user, run)
+    if request.htmx:
+        return HttpResponse(fragments.banner_fragment(request.user))
+    return redirect("tenant-list")
+
+
+@login_required
+@require_GET
+def audit_feed(request: HttpRequest) -> HttpResponse:
+    filters = audit_filters(request.GET)
+    query = audit_query(filters)
+    context = {
+        **presenters.audit_context(**filters),
+        "filters": filters,
+        "nav": "audit",
+        "role": role_of(request.user),
+        "ws_url": "/ws/audit/" + (f"?{query}" if query else ""),
+        "type_prefixes": AUDIT_PREFIXES,
+    }
+    return render(request, "audit/list.html", context)
+
+
+AUDIT_PREFIXES = [
+    "tenant.",
+    "tenant.created",
+    "tenant.provisioning.*",
+    "tenant.provisioning.step_",
+    "tenant.provisioning.completed",
+    "tenant.provisioning.failed",
+    "tenant.provisioning.cancel",
+    "tenant.decommission.*",
+]

@@ -1,1 +1,13 @@
-urlpatterns: list = []
+from django.urls import path
+
+from tenants import views
+
+urlpatterns = [
+    path("", views.tenant_list, name="tenant-list"),
+    path("tenants/new/", views.tenant_new, name="tenant-new"),
+    path("tenants/<str:slug>/", views.tenant_detail, name="tenant-detail"),
+    path("tenants/<str:slug>/cancel/", views.tenant_cancel, name="tenant-cancel"),
+    path("tenants/<str:slug>/retry/", views.tenant_retry, name="tenant-retry"),
+    path("tenants/<str:slug>/reset/", views.tenant_reset, name="tenant-reset"),
+    path("tenants/<str:slug>/decommission/", views.tenant_decommission, name="tenant-decommission"),
+]

@@ -21,7 +21,7 @@ MIN_LEN, MAX_LEN = 3, 30
 RESERVED = frozenset(
     {
         "admin", "api", "app", "audit", "console", "dashboard", "default", "healthz",
-        "internal", "localhost", "login", "mail", "null", "platform", "root", "static",
+        "internal", "localhost", "login", "mail", "new", "null", "platform", "root", "static",
         "status", "support", "system", "test", "www", "ws",
     }
 )  # fmt: skip

@@ -173,3 +173,15 @@ def remove_leftover_workloads():
     for key in keys:
         driver.remove_replicas(key)
         driver.remove_network(key)
+
+
+# Browser fixtures live beside their helpers; importing them here registers them.
+from tests.browser_support import chromium, console, open_page  # noqa: E402, F401
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    # Fixtures read item.rep_call to know whether the test failed.
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -46,7 +46,9 @@ def cleanup(tenant):
         settle(tenant)
 
 
-def test_a_crashed_worker_is_resumed_without_duplicate_containers(plans, faults_enabled, cluster_factory):
+def test_a_crashed_worker_is_resumed_without_duplicate_containers(
+    plans, faults_enabled, cluster_factory
+):
     cluster = cluster_factory(PROVISIONING_LEASE_SECONDS=5)
     tenant = actions.create_tenant(
         slug="crashy",
@@ -116,7 +118,9 @@ def test_a_task_delivered_twice_runs_each_step_once(plans, faults_enabled, clust
     cleanup(tenant)
 
 
-def test_provision_command_waits_until_active_and_prints_the_status_json(plans, faults_enabled, cluster_factory):
+def test_provision_command_waits_until_active_and_prints_the_status_json(
+    plans, faults_enabled, cluster_factory
+):
     cluster_factory()
     started = time.monotonic()
     done = manage(
@@ -166,3 +170,36 @@ def test_cancel_command_stops_a_hanging_run_within_seconds(plans, faults_enabled
         AuditEvent.objects.filter(tenant=tenant).order_by("-seq").first().type
         == "tenant.provisioning.cancelled"
     )
+
+
+def test_the_create_request_returns_as_fast_for_a_slow_saga_as_for_a_fast_one(
+    plans, faults_enabled, cluster_factory, client, operator
+):
+    cluster_factory()
+    client.force_login(operator)
+
+    def create(slug, faults=""):
+        form = {"slug": slug, "org": "demo", "plan": "free", "admin_email": "a@example.com"}
+        started = time.monotonic()
+        response = client.post("/tenants/new/", {**form, "faults": faults})
+        took = time.monotonic() - started
+        assert response.status_code == 302, response.content[:500]
+        return took
+
+    fast = create("quick")
+    slow = create("sleepy", "deploy_workloads:hang:30")
+    sleepy = Tenant.objects.get(slug="sleepy")
+    # The worker is inside the 30 s hang while the request has long returned.
+    wait_for(
+        lambda: StepRun.objects.filter(
+            run__tenant=sleepy, step_id="deploy_workloads", status="running"
+        ).exists(),
+        timeout=20,
+        message="the slow saga to reach its hang",
+    )
+    assert slow < 2 and slow < fast + 0.5, f"fast {fast:.3f}s, slow {slow:.3f}s"
+    actions.request_cancel(sleepy)
+    settle(sleepy)
+    quick = settle(Tenant.objects.get(slug="quick"))
+    assert quick.state == "active"
+    cleanup(quick)

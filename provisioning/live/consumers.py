@@ -110,7 +110,6 @@ class TenantDetailConsumer(LiveConsumer):
 
     def _detail(self) -> str:
         from console.fragments import detail_fragments
-
         from tenants.models import Tenant
 
         tenant = Tenant.objects.select_related("plan").get(pk=self.tenant_id)

@@ -1,0 +1,376 @@
+/* Tenant console: the few things the server cannot render.
+ *
+ * The server renders every region and pushes it over the websocket (htmx's ws
+ * extension swaps it in by id). This file only keeps the page pleasant between
+ * pushes: the live indicator, elapsed times, a progress bar that moves inside
+ * long steps and never goes backwards, dialogs, toasts, and the user's own
+ * state (open log panels, an open dialog) across re-renders.
+ */
+(function () {
+  "use strict";
+
+  // ------------------------------------------------------------ server clock
+  // Times on the page are the server's; the offset keeps elapsed times and the
+  // progress bar right on a client whose clock is off.
+  var clockOffset = 0; // client now - server now, in ms
+
+  function serverNow() {
+    return Date.now() - clockOffset;
+  }
+
+  function readClock(root) {
+    var el = root.querySelector ? root.querySelector("[data-now]") : null;
+    if (root.matches && root.matches("[data-now]")) el = root;
+    if (el && el.dataset.now) {
+      var t = Date.parse(el.dataset.now);
+      if (!isNaN(t)) clockOffset = Date.now() - t;
+    }
+  }
+
+  function formatElapsed(ms) {
+    var s = Math.max(0, Math.floor(ms / 1000));
+    var h = Math.floor(s / 3600);
+    var m = Math.floor((s % 3600) / 60);
+    var sec = s % 60;
+    var pad = function (n) { return (n < 10 ? "0" : "") + n; };
+    return h ? h + ":" + pad(m) + ":" + pad(sec) : m + ":" + pad(sec);
+  }
+
+  // ------------------------------------------------------------ live indicator
+  var everOpen = false;
+  var retryDelay = 1000;
+  var unloading = false;
+  window.addEventListener("pagehide", function () { unloading = true; });
+
+  function setLive(state, text) {
+    var el = document.getElementById("live-indicator");
+    if (!el) return;
+    if (el.dataset.state === state) return;
+    el.dataset.state = state;
+    var label = el.querySelector(".live-text");
+    if (label) label.textContent = text;
+  }
+
+  document.addEventListener("htmx:wsConnecting", function () {
+    if (everOpen) setLive("reconnecting", "Reconnecting…");
+  });
+  document.addEventListener("htmx:wsOpen", function () {
+    everOpen = true;
+    retryDelay = 1000;
+    setLive("live", "Live");
+  });
+  document.addEventListener("htmx:wsError", function () {
+    setLive("reconnecting", "Reconnecting…");
+  });
+  document.addEventListener("htmx:wsClose", function (evt) {
+    if (unloading) return;
+    var code = evt.detail && evt.detail.event ? evt.detail.event.code : 0;
+    if (code === 4401 || code === 4403) {
+      setLive("offline", "Signed out — reload");
+      return;
+    }
+    setLive("reconnecting", "Reconnecting…");
+    // htmx reconnects by itself after 1006, 1011, 1012 and 1013; after any
+    // other close (a server closing cleanly, a restart) reconnect here, so a
+    // page never stays stale. The server sends the full state on connect.
+    if ([1006, 1011, 1012, 1013].indexOf(code) >= 0) return;
+    var socketElt = evt.target;
+    var wrapper = evt.detail && evt.detail.socketWrapper;
+    if (!wrapper || !wrapper.reconnect) return;
+    var delay = retryDelay;
+    retryDelay = Math.min(retryDelay * 2, 15000);
+    setTimeout(function () {
+      if (!unloading && document.body.contains(socketElt)) wrapper.reconnect();
+    }, delay + Math.random() * 500);
+  });
+
+  // ------------------------------------------------------------ progress bars
+  var maxProgress = Object.create(null); // per tenant and run: never go backwards
+
+  function barPercent(d) {
+    var total = Math.max(1, +d.total || 1);
+    var done = +d.done || 0;
+    if (d.mode === "done") return 100;
+    var within = 0;
+    if (d.mode === "live") {
+      within = +d.reported || 0;
+      if (d.started) {
+        var started = Date.parse(d.started);
+        var expected = Math.max(0.2, +d.expected || 1);
+        if (!isNaN(started)) {
+          var elapsed = Math.max(0, (serverNow() - started) / 1000);
+          // Quick at first, ~92% of the step at its expected duration, then
+          // creeping towards 97% when it takes longer: moving, never done early.
+          var x = elapsed / expected;
+          var knee = 1 - Math.exp(-2.5);
+          var eased = x <= 1 ? 1 - Math.exp(-2.5 * x) : knee + (0.97 - knee) * (1 - Math.exp(-(x - 1) / 5));
+          within = Math.max(within, eased);
+        }
+      }
+      within = Math.min(within, 0.97);
+    }
+    return Math.min(100, ((done + within) / total) * 100);
+  }
+
+  function updateBars() {
+    var bars = document.querySelectorAll("[data-progress]");
+    for (var i = 0; i < bars.length; i++) {
+      var bar = bars[i];
+      var pct = barPercent(bar.dataset);
+      var key = bar.dataset.key;
+      if (key) {
+        pct = Math.max(pct, maxProgress[key] || 0);
+        maxProgress[key] = pct;
+      }
+      var fill = bar.querySelector(".bar-fill");
+      if (fill) fill.style.width = pct.toFixed(1) + "%";
+      bar.setAttribute("aria-valuenow", String(Math.round(pct)));
+    }
+  }
+
+  function updateTimes() {
+    var now = serverNow();
+    var since = document.querySelectorAll("[data-since]");
+    for (var i = 0; i < since.length; i++) {
+      var t = Date.parse(since[i].dataset.since);
+      if (!isNaN(t)) since[i].textContent = formatElapsed(now - t);
+    }
+    var countdowns = document.querySelectorAll("[data-countdown]");
+    for (var j = 0; j < countdowns.length; j++) {
+      var at = Date.parse(countdowns[j].dataset.countdown);
+      if (isNaN(at)) continue;
+      var left = Math.ceil((at - now) / 1000);
+      countdowns[j].textContent = left > 0 ? "(in " + left + "s)" : "(now)";
+    }
+  }
+
+  // ------------------------------------------------------------ user state across swaps
+  var detailsOpen = Object.create(null); // id -> what the user chose
+  var logScroll = Object.create(null); // id -> {top, atBottom}
+  var lastHtml = Object.create(null); // region id -> last HTML received
+  var toastsSeen = Object.create(null);
+
+  document.addEventListener("click", function (evt) {
+    var summary = evt.target.closest("summary");
+    if (summary && summary.parentElement && summary.parentElement.id) {
+      detailsOpen[summary.parentElement.id] = !summary.parentElement.open;
+    }
+  });
+
+  function rememberScroll(root) {
+    var pres = root.querySelectorAll("details[id] pre");
+    for (var i = 0; i < pres.length; i++) {
+      var pre = pres[i];
+      logScroll[pre.parentElement.id] = {
+        top: pre.scrollTop,
+        atBottom: pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4,
+      };
+    }
+  }
+
+  function restoreState(root) {
+    var details = root.querySelectorAll("details[id]");
+    for (var i = 0; i < details.length; i++) {
+      var d = details[i];
+      if (d.id in detailsOpen) d.open = detailsOpen[d.id];
+      var pre = d.querySelector("pre");
+      var saved = logScroll[d.id];
+      if (pre && saved) pre.scrollTop = saved.atBottom ? pre.scrollHeight : saved.top;
+    }
+  }
+
+  document.addEventListener("htmx:oobBeforeSwap", function (evt) {
+    var detail = evt.detail;
+    var target = detail.target;
+    if (!target || !target.id) return;
+    if (target.id === "toasts") {
+      // The same toast can arrive twice (a reconnect replays it): show it once.
+      var fragment = detail.fragment;
+      var toasts = fragment && fragment.querySelectorAll ? fragment.querySelectorAll(".toast[id]") : [];
+      for (var i = 0; i < toasts.length; i++) {
+        if (toastsSeen[toasts[i].id]) toasts[i].remove();
+        else toastsSeen[toasts[i].id] = true;
+      }
+      return;
+    }
+    var incoming = detail.fragment && (detail.fragment.firstElementChild || detail.fragment);
+    var html = incoming && incoming.outerHTML;
+    if (html && lastHtml[target.id] === html) {
+      // Nothing changed here: keep the element, and with it an open dialog,
+      // a half-typed reason, focus and scroll positions.
+      detail.shouldSwap = false;
+      return;
+    }
+    if (html) lastHtml[target.id] = html;
+    rememberScroll(target);
+  });
+
+  // ------------------------------------------------------------ dialogs, forms
+  document.addEventListener("click", function (evt) {
+    var opener = evt.target.closest("[data-open-dialog]");
+    if (opener) {
+      var dialog = document.getElementById(opener.getAttribute("data-open-dialog"));
+      if (dialog && typeof dialog.showModal === "function" && !dialog.open) {
+        var form = dialog.querySelector("form");
+        if (form) form.reset();
+        syncMustEqual(dialog);
+        dialog.showModal();
+      }
+      return;
+    }
+    var closer = evt.target.closest("[data-close-dialog]");
+    if (closer) {
+      var parent = closer.closest("dialog");
+      if (parent) parent.close();
+      return;
+    }
+    var toastClose = evt.target.closest("[data-close-toast]");
+    if (toastClose) dismissToast(toastClose.closest(".toast"));
+  });
+
+  function syncMustEqual(root) {
+    var inputs = root.querySelectorAll("[data-must-equal]");
+    for (var i = 0; i < inputs.length; i++) {
+      var input = inputs[i];
+      var submit = input.form && input.form.querySelector("button[type='submit']");
+      if (submit) submit.disabled = input.value.trim() !== input.getAttribute("data-must-equal");
+    }
+  }
+
+  document.addEventListener("input", function (evt) {
+    if (evt.target.matches && evt.target.matches("[data-must-equal]")) {
+      syncMustEqual(evt.target.form || document);
+    }
+  });
+
+  // A dialog's request is done: close it (the response's toast says how it went).
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var elt = evt.detail && evt.detail.elt;
+    var dialog = elt && elt.closest ? elt.closest("dialog") : null;
+    if (dialog && dialog.open) dialog.close();
+  });
+
+  function csrfToken() {
+    try {
+      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  document.addEventListener(
+    "submit",
+    function (evt) {
+      var form = evt.target;
+      if ((form.method || "").toLowerCase() !== "post") return;
+      // Fragments pushed over the websocket carry no CSRF field; a form that
+      // is posted without htmx takes the page's token here.
+      if (!form.querySelector("input[name='csrfmiddlewaretoken']")) {
+        var input = document.createElement("input");
+        input.type = "hidden";
+        input.name = "csrfmiddlewaretoken";
+        input.value = csrfToken();
+        form.appendChild(input);
+      }
+      if (form.hasAttribute("data-once")) {
+        // Disabled after the browser has collected the form: once clicked, once sent.
+        setTimeout(function () {
+          var buttons = form.querySelectorAll("button[type='submit']");
+          for (var i = 0; i < buttons.length; i++) buttons[i].disabled = true;
+        }, 0);
+      }
+    },
+    true
+  );
+
+  // ------------------------------------------------------------ toasts
+  function dismissToast(toast) {
+    if (!toast || toast.classList.contains("toast--leaving")) return;
+    toast.classList.add("toast--leaving");
+    setTimeout(function () { toast.remove(); }, 300);
+  }
+
+  function armToasts(root) {
+    var toasts = root.querySelectorAll ? root.querySelectorAll(".toast[data-autodismiss]") : [];
+    if (root.matches && root.matches(".toast[data-autodismiss]")) toasts = [root];
+    for (var i = 0; i < toasts.length; i++) {
+      var toast = toasts[i];
+      if (toast.dataset.armed) continue;
+      toast.dataset.armed = "1";
+      if (toast.id) toastsSeen[toast.id] = true;
+      (function (t) {
+        var ms = +t.dataset.autodismiss || 6000;
+        var timer = setTimeout(function () { dismissToast(t); }, ms);
+        // Hovering or focusing a toast keeps it until the pointer leaves.
+        t.addEventListener("mouseenter", function () { clearTimeout(timer); });
+        t.addEventListener("focusin", function () { clearTimeout(timer); });
+        t.addEventListener("mouseleave", function () {
+          timer = setTimeout(function () { dismissToast(t); }, 2000);
+        });
+      })(toast);
+    }
+  }
+
+  function toast(level, text) {
+    var box = document.getElementById("toasts");
+    if (!box) return;
+    var el = document.createElement("div");
+    el.className = "toast toast--" + level;
+    el.setAttribute("role", level === "error" ? "alert" : "status");
+    el.dataset.autodismiss = level === "error" ? "12000" : "6000";
+    var icon = document.createElement("span");
+    icon.className = "toast-icon";
+    icon.setAttribute("aria-hidden", "true");
+    icon.textContent = level === "error" ? "✕" : "i";
+    var p = document.createElement("p");
+    p.className = "toast-text";
+    p.textContent = text;
+    var close = document.createElement("button");
+    close.type = "button";
+    close.className = "toast-close";
+    close.setAttribute("data-close-toast", "");
+    close.setAttribute("aria-label", "Dismiss notification");
+    close.textContent = "×";
+    el.append(icon, p, close);
+    box.appendChild(el);
+    armToasts(el);
+  }
+
+  document.addEventListener("htmx:responseError", function (evt) {
+    var status = evt.detail.xhr ? evt.detail.xhr.status : 0;
+    var text =
+      status === 403
+        ? "Not allowed: only operators may do this."
+        : status === 404
+          ? "Not found: the tenant may be gone."
+          : "The server could not do this (" + status + "). Reload and try again.";
+    toast("error", text);
+  });
+  document.addEventListener("htmx:sendError", function () {
+    toast("error", "The request did not reach the server. Check the connection and try again.");
+  });
+
+  // ------------------------------------------------------------ wiring
+  function onContent(root) {
+    readClock(root);
+    restoreState(root);
+    armToasts(root);
+    updateBars();
+    updateTimes();
+  }
+
+  if (window.htmx) {
+    htmx.onLoad(onContent);
+  } else {
+    document.addEventListener("DOMContentLoaded", function () { onContent(document.body); });
+  }
+
+  setInterval(function () {
+    if (document.hidden) return;
+    updateBars();
+  }, 250);
+  setInterval(function () {
+    if (document.hidden) return;
+    updateTimes();
+  }, 1000);
+})();

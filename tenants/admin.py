@@ -1,0 +1,42 @@
+from django.contrib import admin
+
+from tenants.models import Plan, Tenant
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = ("name", "display_name", "replicas", "memory_mb", "image", "sort_order")
+    ordering = ("sort_order", "name")
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    """Browsable, not editable: tenants change through the console's actions and
+    the saga, which also name resources after the slug and write the audit log."""
+
+    list_display = ("slug", "org", "plan", "state", "created_by", "created_at", "activated_at")
+    list_filter = ("state", "plan")
+    search_fields = ("slug", "org", "admin_email")
+    date_hierarchy = "created_at"
+    list_select_related = ("plan", "created_by")
+    readonly_fields = (
+        "slug",
+        "org",
+        "plan",
+        "admin_email",
+        "state",
+        "created_by",
+        "created_at",
+        "updated_at",
+        "activated_at",
+        "decommissioned_at",
+    )
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

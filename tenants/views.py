@@ -1,0 +1,180 @@
+"""The tenants pages: list, create, detail, and the action endpoints.
+
+Each view parses input, calls one action, and renders; the pages and the
+htmx responses render the same partials the websocket layer pushes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from console import fragments, presenters
+from provisioning import actions
+from tenants.access import get_tenant_for_user, role_of
+from tenants.filters import list_filters, list_query
+from tenants.forms import ActionForm, DecommissionForm, RetryForm, TenantForm
+from tenants.models import STATES, Tenant
+
+
+@login_required
+@require_GET
+def tenant_list(request: HttpRequest) -> HttpResponse:
+    filters = list_filters(request.GET)
+    query = list_query(filters)
+    context = {
+        **presenters.tenant_rows(**filters),
+        **fragments.banner_context(request.user),
+        "role": role_of(request.user),
+        "nav": "tenants",
+        "filters": filters,
+        "states": [(s, Tenant.State(s).label) for s in STATES],
+        "ws_url": "/ws/tenants/" + (f"?{query}" if query else ""),
+    }
+    return render(request, "tenants/list.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tenant_new(request: HttpRequest) -> HttpResponse:
+    if role_of(request.user) != "operator":
+        raise PermissionDenied("Only operators may create tenants.")
+    form = TenantForm(request.POST if request.method == "POST" else None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            # Returns at once: the run is only enqueued, a worker does the rest.
+            tenant = actions.create_tenant(
+                slug=form.request.slug,
+                org=form.request.org,
+                plan=form.request.plan.name,
+                admin_email=form.request.admin_email,
+                user=request.user,
+                faults=form.injected,
+            )
+        except ValidationError as exc:  # the slug was taken since the form checked it
+            form.add_validation_error(exc)
+        except IntegrityError:  # ... or in the same instant, by another request
+            form.add_error("slug", f"The slug {form.request.slug!r} was just taken.")
+        else:
+            messages.success(request, "Provisioning started")
+            return redirect("tenant-detail", slug=tenant.slug)
+    context = {"form": form, "role": "operator", "nav": "tenants"}
+    return render(request, "tenants/new.html", context)
+
+
+@login_required
+@require_GET
+def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = get_tenant_for_user(request, slug)
+    context = presenters.detail_context(tenant, role_of(request.user))
+    context.update(nav="tenants", ws_url=f"/ws/tenants/{tenant.slug}/")
+    return render(request, "tenants/detail.html", context)
+
+
+def _finish(request: HttpRequest, tenant: Tenant, level: int, text: str) -> HttpResponse:
+    """Say how it went: a toast with fresh fragments for htmx, else a message and a redirect."""
+    if request.htmx:
+        tag = messages.DEFAULT_TAGS.get(level, "info")
+        html = fragments.detail_fragments(tenant, role=role_of(request.user))
+        return HttpResponse(html + fragments.toast(tag, text))
+    messages.add_message(request, level, text)
+    return redirect("tenant-detail", slug=tenant.slug)
+
+
+def _act(
+    request: HttpRequest,
+    tenant: Tenant,
+    form: ActionForm,
+    action: Callable[[str], object],
+    done: str,
+) -> HttpResponse:
+    if not form.is_valid():
+        problems = "; ".join(e for errors in form.errors.values() for e in errors)
+        return _finish(request, tenant, messages.ERROR, problems)
+    try:
+        action(form.cleaned_data["reason"])
+    except actions.AlreadyUnderWay as exc:
+        # A second click, or another operator got there first: not an error.
+        return _finish(request, tenant, messages.INFO, str(exc))
+    except actions.ActionError as exc:
+        return _finish(request, tenant, messages.ERROR, str(exc))
+    return _finish(request, tenant, messages.SUCCESS, done)
+
+
+@login_required
+@require_POST
+def tenant_cancel(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = get_tenant_for_user(request, slug, write=True)
+    return _act(
+        request,
+        tenant,
+        ActionForm(request.POST),
+        lambda reason: actions.request_cancel(tenant, user=request.user, reason=reason),
+        f"Cancel requested: {tenant.slug} stops at its next check and undoes its steps.",
+    )
+
+
+@login_required
+@require_POST
+def tenant_reset(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = get_tenant_for_user(request, slug, write=True)
+    return _act(
+        request,
+        tenant,
+        ActionForm(request.POST),
+        lambda reason: actions.reset_provisioning(tenant, user=request.user, reason=reason),
+        f"{tenant.slug} is reset: the next retry starts from the first step.",
+    )
+
+
+@login_required
+@require_POST
+def tenant_retry(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = get_tenant_for_user(request, slug, write=True)
+    form = RetryForm(request.POST)
+    if form.is_valid() and not form.cleaned_data["force"] and actions.needs_force(tenant):
+        failures = actions.failed_attempts(tenant)
+        return _finish(
+            request,
+            tenant,
+            messages.ERROR,
+            f"{tenant.slug} has failed {failures} times: read the error, then confirm "
+            "“retry anyway” to try again.",
+        )
+    return _act(
+        request,
+        tenant,
+        form,
+        lambda reason: actions.retry_provisioning(
+            tenant, user=request.user, force=form.cleaned_data["force"], reason=reason
+        ),
+        f"Retrying {tenant.slug}: a new attempt is under way.",
+    )
+
+
+@login_required
+@require_POST
+def tenant_decommission(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = get_tenant_for_user(request, slug, write=True)
+    form = DecommissionForm(request.POST)
+    if form.is_valid() and form.cleaned_data["confirm_slug"] != tenant.slug:
+        return _finish(
+            request,
+            tenant,
+            messages.ERROR,
+            f"Type the slug {tenant.slug} exactly to decommission it; nothing was changed.",
+        )
+    return _act(
+        request,
+        tenant,
+        form,
+        lambda reason: actions.decommission_tenant(tenant, user=request.user, reason=reason),
+        f"Decommissioning {tenant.slug}: its resources are being removed.",
+    )
