@@ -144,16 +144,24 @@ def test_cancel_during_a_hang_ends_failed_and_cancelled(operator, open_page, fau
     expect(page.locator("#error-card .resource").first).to_contain_text("Removed")
 
 
-def test_the_list_page_updates_live(operator, open_page):
+def test_the_list_page_updates_live(operator, open_page, faults_on):
     page = open_page(operator, "/")
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "live")
     tenant = actions.create_tenant(
         slug="listed", org="demo", plan="free", admin_email="a@example.com", user=operator
     )
+    failing = create_with_faults("doomed", "deploy_workloads:permanent", plan="pro")
+    slow = create_with_faults("slowpoke", "validate:hang:20", plan="enterprise")
     row = page.locator(f"#tenant-row-{tenant.pk}")
     expect(row).to_be_visible(timeout=10_000)
     expect(row).to_contain_text("Active", timeout=30_000)
+    expect(page.locator(f"#tenant-row-{failing.pk}")).to_contain_text("Failed", timeout=30_000)
+    expect(page.locator(f"#tenant-row-{slow.pk}")).to_contain_text("Provisioning")
     shot(page, "list")
+    phone = open_page(operator, "/tenants/listed/", viewport={"width": 390, "height": 844})
+    expect(badge(phone)).to_contain_text("Active")
+    shot(phone, "detail-active-phone")
+    actions.request_cancel(slow)
     cleanup("listed")
 
 
