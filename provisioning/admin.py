@@ -3,6 +3,7 @@ nothing about a run's state can be edited here, and audit events not at all."""
 
 from django.contrib import admin
 
+from console.admin_base import ReadOnlyAdmin
 from provisioning.models import (
     AuditEvent,
     BannerDismissal,
@@ -10,19 +11,6 @@ from provisioning.models import (
     StepLogLine,
     StepRun,
 )
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """View only: the rows change through actions and the engine, never by hand."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(AuditEvent)

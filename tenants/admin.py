@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from console.admin_base import ReadOnlyAdmin
 from tenants.models import Plan, Tenant
 
 
@@ -10,7 +11,7 @@ class PlanAdmin(admin.ModelAdmin):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(ReadOnlyAdmin):
     """Browsable, not editable: tenants change through the console's actions and
     the saga, which also name resources after the slug and write the audit log."""
 
@@ -31,12 +32,3 @@ class TenantAdmin(admin.ModelAdmin):
         "activated_at",
         "decommissioned_at",
     )
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
