@@ -200,3 +200,27 @@ def test_a_viewer_sees_no_actions_and_is_refused_when_posting_one(viewer, open_p
     )
     assert response.status == 403
     assert Tenant.objects.get(slug="watched").runs.get().cancel_requested is False
+
+
+def test_the_failure_banner_appears_live_and_a_dismissal_reaches_every_tab(
+    operator, open_page, faults_on
+):
+    tabs = [open_page(operator, "/") for _ in range(2)]
+    for tab in tabs:
+        expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
+    actions.create_tenant(
+        slug="sad",
+        org="demo",
+        plan="free",
+        admin_email="a@example.com",
+        user=operator,
+        faults=[faults.parse("allocate_storage:permanent")],
+    )
+    for tab in tabs:
+        expect(tab.locator("#failure-banner")).to_contain_text(
+            "Last attempt failed", timeout=20_000
+        )
+        expect(tab.locator("#failure-banner")).to_contain_text("sad")
+    tabs[0].locator("#failure-banner").get_by_role("button", name="Dismiss").click()
+    for tab in tabs:
+        expect(tab.locator("#failure-banner")).to_be_empty(timeout=5_000)
