@@ -16,7 +16,7 @@ from provisioning import actions, faults
 from provisioning.drivers import get_driver
 from tenants.models import Tenant
 
-pytestmark = [pytest.mark.browser, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 SCREENSHOTS = os.environ.get("SCREENSHOTS_DIR")  # set to refresh docs/screenshots
 
