@@ -11,12 +11,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from console.routing import websocket_urlpatterns  # noqa: E402
+from provisioning.traffic.proxy import TenantTrafficRouter  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        # Tenant hosts (<slug>-<org>.<BASE_DOMAIN>) are proxied to the tenant's
+        # replicas before Django sees them (websockets to them are refused);
+        # every other host is the console.
+        "http": TenantTrafficRouter(django_asgi_app),
+        "websocket": TenantTrafficRouter(
+            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

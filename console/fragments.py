@@ -33,7 +33,7 @@ DETAIL_PARTIALS = {
     "tenant-events": "provisioning/_events.html",
 }
 DETAIL_IDS = tuple(DETAIL_PARTIALS)
-LIST_IDS = ("tenant-table",)
+LIST_IDS = ("tenant-table", "drift-banner")
 BANNER_IDS = ("failure-banner",)
 AUDIT_IDS = ("audit-rows",)
 
@@ -55,10 +55,13 @@ def detail_fragments(tenant: Tenant, *, role: str) -> str:
 
 
 def list_fragments(*, role: str, state: str = "", q: str = "") -> str:
-    """The tenants table (id ``tenant-table``) for these filters."""
+    """The tenants table (id ``tenant-table``) for these filters, and ``#drift-banner``."""
     filters = list_filters({"state": state, "q": q})
     context = {**presenters.tenant_rows(**filters), "role": _role(role)}
-    return render_to_string("tenants/_tenant_table.html", context)
+    # ``#drift-banner``: what the reconcile schedule found last (it loads its own data).
+    return render_to_string("tenants/_tenant_table.html", context) + render_to_string(
+        "tenants/_drift_banner.html"
+    )
 
 
 def banner_context(user) -> dict:

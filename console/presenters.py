@@ -16,7 +16,7 @@ from django.db.models import Prefetch, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from provisioning import actions
+from provisioning import actions, stall
 from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
 from provisioning.models import AuditEvent, ProvisioningRun, StepLogLine, StepRun
@@ -152,6 +152,8 @@ def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRu
         "since": None,
         "took": "",
         "tone": "muted",
+        "stalled": False,
+        "stall_title": "",
     }
     if run is None:
         summary["text"] = "Not started"
@@ -171,6 +173,14 @@ def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRu
             summary["prefix"] = "Waiting for a worker" if run.started_at is None else "Next"
         summary["since"] = iso(current.started_at or run.started_at or run.created_at)
         summary["tone"] = "busy"
+        if run.kind == Kind.PROVISION and run.status == RunStatus.RUNNING:
+            found = stall.verdict(current, tenant.plan)
+            if found and (found.stalled or current.stalled_at):
+                summary["stalled"] = True
+                summary["stall_title"] = (
+                    f"Running {fmt_duration(found.elapsed)}; usually ~{fmt_duration(found.median)} "
+                    f"(p95 {fmt_duration(found.p95)})"
+                )
         summary["text"] = f"Step {current.position}/{TOTAL} · {summary['label']}"
         return summary
     if run.is_live:
@@ -284,6 +294,10 @@ class StepRow:
     open_log: bool = False
     was_failing: bool = False
     attempt_text: str = ""
+    expected: str = ""
+    stalled: bool = False
+    stall_text: str = ""
+    runbook: str = ""
 
 
 def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]) -> list[StepRow]:
@@ -291,6 +305,9 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
     stopped = stopped_step(run, steps)
     failing = stopped.step_id if stopped else ""
     cancelled = bool(run and run.cancelled)
+    provisioning = bool(run and run.kind == Kind.PROVISION)
+    watching = provisioning and run.status == RunStatus.RUNNING
+    now = timezone.now()
     for step in steps:
         mark, css, text = MARKS.get(step.status, ("?", "pending", step.status))
         definition = BY_ID.get(step.step_id)
@@ -314,6 +331,19 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
             attempt_text = f"Attempt {step.attempts} of {max_attempts} failed"
         elif step.attempts > 1 or (live and step.status == S.RUNNING and max_attempts > 1):
             attempt_text = f"Attempt {step.attempts} of {max_attempts}"
+        expected = stalled = ""
+        stall_text = runbook = ""
+        if provisioning and step.status in (S.PENDING, S.RUNNING, S.RETRYING, S.SUCCEEDED):
+            expected = f"expected ~{fmt_duration(expected_seconds(step.step_id, tenant.plan))}"
+        found = stall.verdict(step, tenant.plan, now) if watching else None
+        if found and (found.stalled or step.stalled_at):
+            stalled = True
+            stall_text = (
+                f"Running for {fmt_duration(found.elapsed)}, well past the usual "
+                f"~{fmt_duration(found.median)} (p95 {fmt_duration(found.p95)}; "
+                f"flagged after {fmt_duration(found.threshold)})."
+            )
+            runbook = found.action
         rows.append(
             StepRow(
                 step=step,
@@ -349,6 +379,10 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
                 open_log=step.status == S.FAILED or (was_failing and not cancelled),
                 was_failing=was_failing,
                 attempt_text=attempt_text,
+                expected=expected,
+                stalled=bool(stalled),
+                stall_text=stall_text,
+                runbook=runbook,
             )
         )
     return rows
@@ -531,6 +565,12 @@ def summarize_event(event: AuditEvent) -> str:
         where = f" at {label_of(d['failed_step'])}" if d.get("failed_step") else ""
         error = f": {d['error']}" if d.get("error") and verb == "Failed" else ""
         return f"{verb}{where} (attempt {d.get('attempt', '?')}){error}"
+    if kind == "tenant.provisioning.stalled":
+        elapsed = fmt_duration(d.get("elapsed_s"))
+        usual = fmt_duration(d.get("expected_s"))
+        return f"{step} flagged as stalled: running {elapsed}, usually ~{usual}" + (
+            f" (flagged after {fmt_duration(d['threshold_s'])})" if d.get("threshold_s") else ""
+        )
     if kind == "tenant.provisioning.compensated":
         return f"Undid {step}"
     if kind == "tenant.provisioning.cancel_requested":
@@ -553,7 +593,9 @@ def event_tone(event_type: str) -> str:
         return "ok"
     if event_type.endswith((".failed", ".step_retrying")):
         return "bad"
-    if event_type.endswith((".cancelled", ".cancel_requested", ".compensated", ".reset")):
+    if event_type.endswith(
+        (".cancelled", ".cancel_requested", ".compensated", ".reset", ".stalled")
+    ):
         return "warn"
     return "muted"
 

@@ -27,6 +27,16 @@ if not DEBUG and (SECRET_KEY == _DEV_KEY or len(SECRET_KEY) < 32):
 
 BASE_DOMAIN = os.environ.get("BASE_DOMAIN", "localhost:8000")
 SITE_URL = os.environ.get("SITE_URL", "http://localhost:8000")
+# Tenant traffic (docs/TRAFFIC.md). ROUTES_FILE: the nginx route table an edge
+# includes, rewritten on every route change ("" turns it off).
+# TRAFFIC_VERIFY_URL: where mark_active checks the tenant's URL (the console or
+# the edge, e.g. http://127.0.0.1:8000); unset, it checks in process.
+if "pytest" in sys.modules:
+    # Tests (and the daphne/qcluster they start, which inherit the environment)
+    # must not rewrite a dev console's table; the traffic tests set their own.
+    os.environ.setdefault("ROUTES_FILE", "")
+ROUTES_FILE = os.environ.get("ROUTES_FILE", str(VAR_DIR / "routes" / "nginx-tenants.conf"))
+TRAFFIC_VERIFY_URL = os.environ.get("TRAFFIC_VERIFY_URL", "")
 ALLOWED_HOSTS = [
     h.strip()
     for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,.localhost,testserver").split(",")
@@ -151,6 +161,18 @@ PROVISIONING_BACKOFF_BASE = envfloat("PROVISIONING_BACKOFF_BASE", "0.25")
 PROVISIONING_BACKOFF_MAX = envfloat("PROVISIONING_BACKOFF_MAX", "10")
 PROVISIONING_FAULTS_ENABLED = envbool("PROVISIONING_FAULTS_ENABLED", "0")
 PROVISIONING_MAX_FAILED_ATTEMPTS = 3
+# Expected step durations come from the last N successful runs of a step on a
+# plan (median and 95th percentile), once there are at least MIN samples;
+# each process caches them for CACHE seconds.
+PROVISIONING_EXPECTATION_WINDOW = envint("PROVISIONING_EXPECTATION_WINDOW", "50")
+PROVISIONING_EXPECTATION_MIN_SAMPLES = envint("PROVISIONING_EXPECTATION_MIN_SAMPLES", "5")
+PROVISIONING_EXPECTATION_CACHE_SECONDS = envfloat("PROVISIONING_EXPECTATION_CACHE_SECONDS", "30")
+# Stall detection: a step is "stalled?" once it has run longer than
+# max(p95 * FACTOR, FLOOR); readiness waits (wait_ready) use WAIT_FLOOR. The
+# worker's heartbeat checks every PROVISIONING_HEARTBEAT_SECONDS.
+PROVISIONING_STALL_FACTOR = envfloat("PROVISIONING_STALL_FACTOR", "3")
+PROVISIONING_STALL_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_FLOOR_SECONDS", "10")
+PROVISIONING_STALL_WAIT_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_WAIT_FLOOR_SECONDS", "30")
 
 # django-q2. A whole run advances inside one task, so `timeout` bounds the
 # longest run. The ORM broker re-delivers a task not acknowledged within

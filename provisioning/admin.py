@@ -37,6 +37,7 @@ class StepRunInline(admin.TabularInline):
         "started_at",
         "finished_at",
         "next_attempt_at",
+        "stalled_at",
         "error_category",
         "error",
         "outputs",

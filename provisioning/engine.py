@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from provisioning import faults, ledger
+from provisioning import faults, ledger, stall
 from provisioning.context import RunState, StepContext
 from provisioning.errors import Cancelled, Fenced, StepError, classify
 from provisioning.models import ProvisioningRun, StepRun
@@ -79,8 +79,20 @@ class Heartbeat(threading.Thread):
                 except Exception:  # a blip; the next beat tries again before expiry
                     log.exception("heartbeat failed for run %s", self.state.lease.run_id)
                     close_old_connections()
+                    continue
+                self.check_stalls()
         finally:
             connection.close()  # this thread's own connection
+
+    def check_stalls(self) -> None:
+        """A step past its stall threshold gets one `stalled` event (see provisioning.stall)."""
+        if self.state.cancel.is_set():
+            return
+        try:
+            stall.check_run(self.state.lease)
+        except Exception:  # never let a diagnosis break the lease renewal
+            log.exception("stall check failed for run %s", self.state.lease.run_id)
+            close_old_connections()
 
     def stop(self) -> None:
         self.stopping.set()

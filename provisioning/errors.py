@@ -57,6 +57,11 @@ CATEGORIES = {
         "Readiness timeout",
         "Read the replica logs in the step's panel; fix the workload, then retry.",
     ),
+    "traffic": (
+        "Tenant URL not serving",
+        "The replicas are up but the tenant's URL did not return its page: check the "
+        "route's backends and the proxy (or TRAFFIC_VERIFY_URL), then retry.",
+    ),
     "database": (
         "Database error",
         "Check that PostgreSQL answers and has room, then retry.",

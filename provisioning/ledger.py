@@ -146,6 +146,27 @@ def step_started(lease: Lease, step: StepRun) -> None:
         )
 
 
+def step_stalled(lease: Lease, step_id: int, details: dict) -> bool:
+    """Mark a step stalled and record ``tenant.provisioning.stalled``, once per step run.
+
+    The conditional UPDATE on ``stalled_at IS NULL`` (under the run's row
+    lock) is the idempotent marker: a second call, from a later beat or
+    another process, changes nothing and records nothing. Returns whether
+    this call recorded the event.
+    """
+    with fenced(lease) as run:
+        marked = StepRun.objects.filter(
+            pk=step_id,
+            run_id=run.pk,
+            stalled_at__isnull=True,
+            status__in=(Status.RUNNING, Status.RETRYING),
+        ).update(stalled_at=timezone.now())
+        if not marked:
+            return False
+        record_event("tenant.provisioning.stalled", tenant=run.tenant, run=run, details=details)
+        return True
+
+
 def step_retrying(lease: Lease, step: StepRun, error: StepError, next_at: datetime) -> None:
     with fenced(lease) as run:
         step.status = Status.RETRYING

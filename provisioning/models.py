@@ -95,6 +95,10 @@ class StepRun(models.Model):
     error_category = models.CharField(max_length=40, blank=True)
     outputs = models.JSONField(default=dict, blank=True)
     progress = models.JSONField(default=dict, blank=True)
+    # Set once, by the worker's heartbeat, when the step ran well past its
+    # expected duration: the marker that keeps `tenant.provisioning.stalled`
+    # to one event per step run.
+    stalled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "position"]
@@ -220,3 +224,14 @@ class BannerDismissal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} dismissed {self.run}"
+
+
+class ReconcileReport(models.Model):
+    """What reconciliation found last (one row, pk 1): the list page's drift banner reads it."""
+
+    checked_at = models.DateTimeField()
+    findings = models.JSONField(default=list, blank=True)  # [{"id", "problem", "kind", ...}]
+    errors = models.JSONField(default=list, blank=True)  # what could not be checked
+
+    def __str__(self) -> str:
+        return f"{len(self.findings)} finding(s) at {self.checked_at:%Y-%m-%d %H:%M:%S}"

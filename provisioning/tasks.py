@@ -9,3 +9,10 @@ def advance_run(run_id: int) -> str:
 
 def reap_expired_leases() -> str:
     return reaper.reap()
+
+
+def reconcile_report() -> str:
+    from provisioning import reconcile
+
+    report, _ = reconcile.check()
+    return f"{len(report.findings)} problem(s), {len(report.new)} new"

@@ -54,6 +54,14 @@
   document.addEventListener("htmx:wsConnecting", function () {
     if (everOpen) setLive("reconnecting", "Reconnecting…");
   });
+  // Marks that the socket's state has been applied at least once (the first
+  // message after every connect is the full current state); tests wait on it.
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    document.body.setAttribute("data-live-synced", "true");
+  });
+  document.addEventListener("htmx:wsClose", function () {
+    document.body.removeAttribute("data-live-synced");
+  });
   document.addEventListener("htmx:wsOpen", function () {
     everOpen = true;
     retryDelay = 1000;
@@ -350,6 +358,63 @@
     toast("error", "The request did not reach the server. Check the connection and try again.");
   });
 
+  // ------------------------------------------------------------ diagnostics
+  // "Copy diagnostics": fetch the bundle, copy it; where the clipboard API is
+  // missing or refused (plain http on another host), select it in a textarea.
+  function copyFallback(text, box) {
+    var area = box.querySelector("textarea");
+    if (!area) {
+      area = document.createElement("textarea");
+      area.readOnly = true;
+      area.setAttribute("aria-label", "Diagnostics");
+      box.appendChild(area);
+    }
+    area.value = text;
+    area.focus();
+    area.select();
+    var ok = false;
+    try {
+      ok = document.execCommand("copy");
+    } catch (e) {
+      ok = false;
+    }
+    return ok;
+  }
+
+  document.addEventListener("click", function (evt) {
+    var button = evt.target.closest("[data-copy-diagnostics]");
+    if (!button) return;
+    var box = button.closest(".diagnostics-card") || button.parentElement;
+    var status = box.querySelector(".copy-status");
+    var say = function (text) { if (status) status.textContent = text; };
+    button.disabled = true;
+    say("Collecting diagnostics…");
+    fetch(button.getAttribute("data-copy-diagnostics"), {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    })
+      .then(function (response) {
+        if (!response.ok) throw new Error("the server answered " + response.status);
+        return response.text();
+      })
+      .then(function (text) {
+        var kb = Math.max(1, Math.round(text.length / 1024));
+        var done = function () { say("Copied diagnostics (" + kb + " KB) to the clipboard."); };
+        var fallback = function () {
+          if (copyFallback(text, box)) done();
+          else say("Select the text below and copy it (Ctrl+C).");
+        };
+        if (navigator.clipboard && window.isSecureContext) {
+          return navigator.clipboard.writeText(text).then(done, fallback);
+        }
+        fallback();
+      })
+      .catch(function (err) {
+        say("Could not collect diagnostics: " + err.message);
+      })
+      .then(function () { button.disabled = false; });
+  });
+
   // ------------------------------------------------------------ wiring
   function onContent(root) {
     readClock(root);
@@ -358,6 +423,11 @@
     updateBars();
     updateTimes();
   }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var check = document.getElementById("check-result");
+    if (check) check.focus();
+  });
 
   if (window.htmx) {
     htmx.onLoad(onContent);

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from console.admin_base import ReadOnlyAdmin
 from tenants.models import Plan, Tenant
@@ -31,4 +33,34 @@ class TenantAdmin(ReadOnlyAdmin):
         "updated_at",
         "activated_at",
         "decommissioned_at",
+        "same_slug_history",
     )
+
+    @admin.display(description="Same slug, other tenants")
+    def same_slug_history(self, obj: Tenant) -> str:
+        """Successive provisioning of one slug: every other tenant that held it."""
+        others = (
+            Tenant.objects.filter(slug=obj.slug).exclude(pk=obj.pk).order_by("created_at", "id")
+        )
+        if not others:
+            return "None: this is the only tenant that has held this slug."
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">#{} {}-{}</a>: {} {}, created {}{}</li>',
+            (
+                (
+                    reverse("admin:tenants_tenant_change", args=[other.pk]),
+                    other.pk,
+                    other.slug,
+                    other.org,
+                    "before this one" if other.created_at < obj.created_at else "after this one",
+                    other.state,
+                    f"{other.created_at:%Y-%m-%d %H:%M}",
+                    f", decommissioned {other.decommissioned_at:%Y-%m-%d %H:%M}"
+                    if other.decommissioned_at
+                    else "",
+                )
+                for other in others
+            ),
+        )
+        return format_html('<ul class="same-slug">{}</ul>', rows)

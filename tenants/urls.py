@@ -6,6 +6,11 @@ urlpatterns = [
     path("", views.tenant_list, name="tenant-list"),
     path("tenants/new/", views.tenant_new, name="tenant-new"),
     path("tenants/<str:slug>/", views.tenant_detail, name="tenant-detail"),
+    path(
+        "tenants/<str:slug>/diagnostics.json",
+        views.tenant_diagnostics,
+        name="tenant-diagnostics",
+    ),
     path("tenants/<str:slug>/cancel/", views.tenant_cancel, name="tenant-cancel"),
     path("tenants/<str:slug>/retry/", views.tenant_retry, name="tenant-retry"),
     path("tenants/<str:slug>/reset/", views.tenant_reset, name="tenant-reset"),

@@ -12,12 +12,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console import fragments, presenters
-from provisioning import actions
+from provisioning import actions, diagnostics, dryrun
 from tenants.access import get_tenant_for_user, role_of
 from tenants.filters import list_filters, list_query
 from tenants.forms import ActionForm, DecommissionForm, RetryForm, TenantForm
@@ -47,7 +47,11 @@ def tenant_new(request: HttpRequest) -> HttpResponse:
     if role_of(request.user) != "operator":
         raise PermissionDenied("Only operators may create tenants.")
     form = TenantForm(request.POST if request.method == "POST" else None, user=request.user)
-    if request.method == "POST" and form.is_valid():
+    check = None
+    if request.method == "POST" and "check" in request.POST:
+        # "Check": the validate step's checks and what would be created; nothing is written.
+        check = dryrun.describe(form.request) if form.is_valid() else {"ok": False}
+    elif request.method == "POST" and form.is_valid():
         try:
             # Returns at once: the run is only enqueued, a worker does the rest.
             tenant = actions.create_tenant(
@@ -65,8 +69,18 @@ def tenant_new(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, "Provisioning started")
             return redirect("tenant-detail", slug=tenant.slug)
-    context = {"form": form, "role": "operator", "nav": "tenants"}
+    context = {"form": form, "role": "operator", "nav": "tenants", "check": check}
     return render(request, "tenants/new.html", context)
+
+
+@login_required
+@require_GET
+def tenant_diagnostics(request: HttpRequest, slug: str) -> JsonResponse:
+    """The escalation bundle of ``manage.py tenant_diagnostics --json``, for "Copy diagnostics"."""
+    tenant = get_tenant_for_user(request, slug)
+    response = JsonResponse(diagnostics.bundle(tenant), json_dumps_params={"indent": 2})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @login_required

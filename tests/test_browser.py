@@ -14,6 +14,7 @@ from playwright.sync_api import expect
 
 from provisioning import actions, faults
 from provisioning.drivers import get_driver
+from provisioning.steps.storage import drop_schema
 from tenants.models import Tenant
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -42,6 +43,7 @@ def cleanup(slug):
     driver = get_driver()
     driver.remove_replicas(tenant.key)
     driver.remove_network(tenant.key)
+    drop_schema(tenant.schema_name)
 
 
 def create_with_faults(slug, *specs, plan="free"):
@@ -120,7 +122,9 @@ def test_a_permanent_fault_shows_the_failure_and_retry_reaches_active(
     expect(page.locator("#step-deploy_workloads details.step-log")).to_have_attribute("open", "")
     shot(page, "detail-failed")
     # Retry: a new attempt without the fault.
+    expect(page.locator("body")).to_have_attribute("data-live-synced", "true")
     page.get_by_role("button", name="Retry").click()
+    expect(page.locator("#dialog-retry")).to_be_visible()
     page.locator("#dialog-retry button[type=submit]").click()
     expect(badge(page)).to_contain_text("Active", timeout=30_000)
     expect(page.locator("#error-card")).to_be_empty()
@@ -134,7 +138,10 @@ def test_cancel_during_a_hang_ends_failed_and_cancelled(operator, open_page, fau
         re.compile("step--running"), timeout=20_000
     )
     shot(page, "detail-provisioning")
+    # The socket's first full-state push replaces the regions once; act after it.
+    expect(page.locator("body")).to_have_attribute("data-live-synced", "true")
     page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#dialog-cancel")).to_be_visible()
     page.fill("#reason-cancel", "stuck in deploy")
     page.locator("#dialog-cancel button[type=submit]").click()
     expect(badge(page)).to_contain_text("Failed", timeout=10_000)
@@ -200,6 +207,7 @@ def test_a_viewer_sees_no_actions_and_is_refused_when_posting_one(viewer, open_p
     )
     assert response.status == 403
     assert Tenant.objects.get(slug="watched").runs.get().cancel_requested is False
+    cleanup("watched")
 
 
 def test_the_failure_banner_appears_live_and_a_dismissal_reaches_every_tab(

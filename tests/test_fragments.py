@@ -56,7 +56,7 @@ def test_list_fragments(operator):
     create(operator, "alpha")
     activate(create(operator, "bravo"))
     html = fragments.list_fragments(role="viewer", state="active")
-    assert top_level_ids(html) == ["tenant-table"]
+    assert top_level_ids(html) == ["tenant-table", "drift-banner"]
     assert ">bravo<" in html and ">alpha<" not in html
     # Bad filters never raise.
     assert "alpha" in fragments.list_fragments(role="viewer", state="nope", q="")

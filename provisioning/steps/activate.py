@@ -1,10 +1,17 @@
 from django.utils import timezone
 
 from provisioning.audit import record_event
-from provisioning.errors import PermanentError
+from provisioning.errors import PermanentError, TransientError
 from provisioning.models import Route
 from provisioning.steps.base import Step
+from provisioning.traffic import export
+from provisioning.traffic.verify import verify_tenant
 from tenants.models import Tenant
+
+# How long one attempt keeps re-checking the tenant's URL before it gives the
+# engine a TransientError (which retries within the step's budget).
+VERIFY_SECONDS = 10.0
+VERIFY_POLL = 0.5
 
 
 class MarkActive(Step):
@@ -17,12 +24,36 @@ class MarkActive(Step):
         if route is None or not route.backends:
             raise PermanentError("the tenant has no route with backends", category="unknown")
         ctx.log(f"route {route.hostname} -> {', '.join(route.backends)}")
-        return {"url": ctx.tenant.url, "backends": route.backends}
+        # The step succeeds only once the tenant's URL serves the tenant's page.
+        checks = 0
+        give_up = min(VERIFY_SECONDS, max(ctx.time_left(), 1.0))
+        while True:
+            ctx.check_cancel()
+            result = verify_tenant(ctx.tenant)
+            checks += 1
+            ctx.log(result.line(), "info" if result.ok else "warning")
+            if result.ok:
+                return {
+                    "url": ctx.tenant.url,
+                    "backends": route.backends,
+                    "verified": True,
+                    "verify_ms": result.ms,
+                    "verify_status": result.status,
+                    "verify_checks": checks,
+                }
+            if ctx.elapsed() >= give_up:
+                raise TransientError(
+                    f"{ctx.tenant.url} did not serve the tenant's page after {checks} "
+                    f"check(s): {result.status or 'no answer'}, {result.detail}",
+                    category="traffic",
+                )
+            ctx.sleep(VERIFY_POLL)
 
     def on_success(self, ctx, outputs) -> None:
         # Inside the fenced transaction that records the step's success: the
         # route, the tenant's state and the event commit together or not at all.
         Route.objects.filter(tenant=ctx.tenant).update(enabled=True)
+        export.schedule_write()  # queryset updates send no signals
         now = timezone.now()
         Tenant.objects.filter(pk=ctx.tenant.pk).update(
             state=Tenant.State.ACTIVE, activated_at=now, updated_at=now
@@ -37,4 +68,5 @@ class MarkActive(Step):
 
     def compensate(self, ctx) -> None:
         switched = Route.objects.filter(tenant=ctx.tenant, enabled=True).update(enabled=False)
+        export.schedule_write()
         ctx.log("route switched off" if switched else "route already off")

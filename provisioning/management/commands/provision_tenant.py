@@ -1,7 +1,9 @@
+import json
+
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from provisioning import actions, faults
+from provisioning import actions, dryrun, faults
 from provisioning.report import as_json, as_text, wait_until_settled
 from tenants.validation import first_error
 
@@ -18,6 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")
         parser.add_argument("--json", action="store_true", help="print the status JSON")
         parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="run the validate step's checks and say what would be created; create nothing",
+        )
+        parser.add_argument(
             "--fault",
             action="append",
             default=[],
@@ -30,6 +37,17 @@ class Command(BaseCommand):
             injected = [faults.parse(spec) for spec in options["fault"]]
         except (ValueError, faults.FaultsDisabled) as exc:
             raise CommandError(str(exc)) from None
+        if options["dry_run"]:
+            try:
+                plan = dryrun.check(
+                    options["slug"], options["org"], options["plan"], options["admin_email"]
+                )
+            except ValidationError as exc:
+                raise CommandError(first_error(exc)) from None
+            self.stdout.write(
+                json.dumps(plan, indent=2) if options["json"] else dryrun.as_text(plan)
+            )
+            return
         try:
             tenant = actions.create_tenant(
                 slug=options["slug"],

@@ -1,0 +1,191 @@
+"""Tenant traffic at its subdomain: the console's ASGI app (in daphne) proxies
+`<slug>-<org>.localhost:<port>` to the tenant's Docker replicas."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from provisioning import actions
+from provisioning.drivers import get_driver
+from provisioning.models import Route, StepRun
+from provisioning.traffic import export, health, routing
+from tests.browser_support import Daphne, free_port
+from tests.conftest import drive, wait_for
+from tests.docker_support import require_docker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.docker]
+
+
+def create(slug, plan="free", faults=()):
+    from provisioning import faults as fault_specs
+
+    return actions.create_tenant(
+        slug=slug,
+        org="demo",
+        plan=plan,
+        admin_email="admin@example.com",
+        faults=[fault_specs.parse(spec) for spec in faults],
+    )
+
+
+def decommission(tenant):
+    actions.decommission_tenant(tenant)
+    assert drive(tenant) == "decommissioned"
+
+
+@pytest.fixture
+def served(settings, tmp_path, plans):
+    """daphne serving console.asgi on a free port; this process agrees on BASE_DOMAIN."""
+    require_docker()
+    port = free_port()
+    settings.BASE_DOMAIN = f"localhost:{port}"
+    settings.ROUTES_FILE = str(tmp_path / "routes" / "nginx-tenants.conf")
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    routing.forget()
+    health.reset()
+    server = Daphne(tmp_path, port)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10)
+    yield server, client
+    client.close()
+    server.stop()
+
+
+def get(client, host, path="/"):
+    return client.get(path, headers={"Host": host})
+
+
+def replica_of(response) -> str:
+    return re.search(r"served by replica (\S+) of", response.text).group(1)
+
+
+def test_an_enterprise_tenant_is_served_at_its_subdomain_across_replicas(served):
+    server, client = served
+    tenant = create("acme", plan="enterprise")
+    host = tenant.hostname
+    assert host == f"acme-demo.localhost:{server.port}"
+
+    provisioning = get(client, host)
+    assert provisioning.status_code == 503
+    assert provisioning.headers["retry-after"] == "5"
+    assert "being provisioned" in provisioning.text
+
+    try:
+        assert drive(tenant) == "succeeded"
+        step = StepRun.objects.get(run__tenant=tenant, step_id="mark_active")
+        assert step.outputs["verified"] is True and step.outputs["verify_ms"] >= 0
+        lines = list(step.log_lines.values_list("message", flat=True))
+        assert any(f"verified http://{host}/ -> 200, tenant page" in m for m in lines), lines
+
+        # Up to CACHE_SECONDS may pass before the console notices the activation.
+        wait_for(lambda: get(client, host).status_code == 200, timeout=5)
+        answers = [get(client, host) for _ in range(12)]
+        assert {r.status_code for r in answers} == {200}
+        assert all("Welcome to tenant acme-demo" in r.text for r in answers)
+        assert {replica_of(r) for r in answers} == {"1", "2", "3"}
+        # Case-insensitive Host, query strings and HEAD pass through.
+        assert get(client, host.upper(), "/?x=1").status_code == 200
+        assert client.head("/", headers={"Host": host}).status_code == 200
+        assert get(client, host, "/healthz").text == "ok"
+        assert get(client, host, "/missing").status_code == 404
+
+        # The routes file lists the enabled route with its three replicas.
+        conf = export.routes_path().read_text()
+        route = Route.objects.get(tenant=tenant)
+        assert f"acme-demo.localhost tenant_{tenant.pk};" in conf
+        assert all(f"server {b} " in conf for b in route.backends) and len(route.backends) == 3
+
+        # A replica stopped by hand: the URL keeps answering from the other two.
+        import docker
+
+        engine = docker.from_env()
+        victim = sorted(get_driver().list_replicas(tenant.key), key=lambda r: r.index)[0]
+        engine.containers.get(victim.ref).stop(timeout=0)
+        engine.close()
+        after = [get(client, host) for _ in range(12)]
+        assert {r.status_code for r in after} == {200}
+        assert {replica_of(r) for r in after} == {"2", "3"}
+    finally:
+        decommission(tenant)
+
+    wait_for(lambda: get(client, host).status_code == 404, timeout=5)
+    assert "No tenant is served" in get(client, host).text
+    assert f"tenant_{tenant.pk}" not in export.routes_path().read_text()
+
+
+def test_a_tenant_hanging_in_wait_ready_is_503_even_with_replicas_up(served, settings):
+    """Replicas running and a route with backends are not enough: 503 until active."""
+    import threading
+
+    from django.db import connection
+
+    server, client = served
+    settings.PROVISIONING_FAULTS_ENABLED = True
+    tenant = create("hangs", faults=["wait_ready:hang:60"])
+    outcome = {}
+
+    def work():
+        try:
+            outcome["result"] = drive(tenant)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        wait_for(
+            lambda: StepRun.objects.filter(
+                run__tenant=tenant, step_id="wait_ready", status="running"
+            ).exists(),
+            timeout=60,
+            message="wait_ready to start",
+        )
+        assert Route.objects.get(tenant=tenant).backends
+        answer = get(client, tenant.hostname)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    finally:
+        actions.request_cancel(tenant, reason="test over")
+        worker.join(timeout=60)
+    assert outcome["result"] == "cancelled"
+    routing.forget()
+    wait_for(lambda: get(client, tenant.hostname).status_code == 404, timeout=5)  # failed
+
+
+def test_unknown_and_odd_hosts_never_get_a_500(served):
+    server, client = served
+    port = server.port
+    assert get(client, f"nobody-demo.localhost:{port}").status_code == 404
+    assert get(client, f"a.b.localhost:{port}").status_code == 404
+    assert get(client, f"-x-.localhost:{port}").status_code == 404
+    for host in ["[::1]", f"[::1]:{port}", "evil.example.com", "x" * 300, "a b", "localhost:99999"]:
+        status = get(client, host).status_code
+        assert status in (400, 404) or status < 400, (host, status)
+    # The console itself still answers at its own host.
+    assert client.get("/healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
+def test_a_failed_tenant_is_404_and_provisioning_is_503(served, settings):
+    server, client = served
+    settings.PROVISIONING_FAULTS_ENABLED = True
+    tenant = create("broken", faults=["allocate_storage:permanent"])
+    assert get(client, tenant.hostname).status_code == 503
+    assert drive(tenant) == "failed"
+    routing.forget()
+    wait_for(lambda: get(client, tenant.hostname).status_code == 404, timeout=5)
+
+
+def test_verification_through_a_real_url_uses_the_console(served, settings):
+    """TRAFFIC_VERIFY_URL: mark_active checks through daphne, as an edge would."""
+    server, client = served
+    settings.TRAFFIC_VERIFY_URL = f"http://127.0.0.1:{server.port}"
+    tenant = create("edge")
+    try:
+        assert drive(tenant) == "succeeded"
+        step = StepRun.objects.get(run__tenant=tenant, step_id="mark_active")
+        lines = list(step.log_lines.values_list("message", flat=True))
+        expected = f"verified http://{tenant.hostname}/ via {settings.TRAFFIC_VERIFY_URL} -> 200"
+        assert any(expected in m for m in lines), lines
+    finally:
+        decommission(tenant)
