@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from django.core.exceptions import ImproperlyConfigured
 
 
-def parse_database_url(url: str) -> dict:
+def parse_database_url(url: str, conn_max_age: int = 0) -> dict:
     parsed = urlparse(url)
     if parsed.scheme not in ("postgres", "postgresql"):
         raise ImproperlyConfigured(
@@ -30,7 +30,12 @@ def parse_database_url(url: str) -> dict:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": host,
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": 0,
+        # Workers and the console keep connections: django-q2 closes stale ones
+        # around every task, and a new PostgreSQL session costs about 9 ms of
+        # server CPU (bench/time_to_active.py: 10-20 new sessions per tenant
+        # with 0). Health checks drop a connection the server closed.
+        "CONN_MAX_AGE": conn_max_age,
+        "CONN_HEALTH_CHECKS": True,
         "OPTIONS": {"application_name": "tenant-console"},
     }
 
@@ -54,7 +59,7 @@ def embedded_url(data_dir: Path) -> str:
     return server.get_uri()
 
 
-def database_settings(url: str | None, var_dir: Path) -> dict:
+def database_settings(url: str | None, var_dir: Path, conn_max_age: int = 0) -> dict:
     if not url:
         url = embedded_url(var_dir / "pgdata")
-    return parse_database_url(url)
+    return parse_database_url(url, conn_max_age)

@@ -94,7 +94,10 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL"), VAR_DIR)}
+# Persistent connections, except under pytest, where the test database must be
+# droppable at the end (a kept connection in another thread would block it).
+DB_CONN_MAX_AGE = envint("DB_CONN_MAX_AGE", "0" if "pytest" in sys.modules else "60")
+DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL"), VAR_DIR, DB_CONN_MAX_AGE)}
 if "pytest" in sys.modules:
     # One test database per test session, so two sessions on one server
     # (a developer's and CI's, or parallel helpers) never drop each other's.

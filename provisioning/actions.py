@@ -262,6 +262,13 @@ def decommission_tenant(tenant: Tenant, *, user=None, reason: str = "") -> Provi
             raise ActionError(
                 f"{tenant.slug} is provisioning: cancel it first, then decommission it"
             )
+        if current and current.is_live:
+            # Active already, but its run is still finishing (welcome emails):
+            # one run at a time per tenant.
+            raise ActionError(
+                f"{tenant.slug}'s provisioning run is still finishing its last step; "
+                "decommission it in a moment"
+            )
         run = _new_run(tenant, Kind.DECOMMISSION, user)
         previous_state = tenant.state
         tenant.state = Tenant.State.DECOMMISSIONING
@@ -300,7 +307,9 @@ def allowed_actions(tenant: Tenant) -> dict[str, tuple[bool, str]]:
     elif run and run.kind == Kind.PROVISION and run.reset_at:
         reset = (False, "The last attempt is already reset; retry starts from the top.")
     decommission = (True, "")
-    if state == S.PROVISIONING:
+    if live and state == S.ACTIVE:
+        decommission = (False, "The provisioning run is still finishing its last step.")
+    elif state == S.PROVISIONING:
         decommission = (False, "Cancel provisioning first, then decommission.")
     elif state == S.DECOMMISSIONING and live:
         decommission = (False, "Decommissioning is already under way.")

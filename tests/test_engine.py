@@ -378,3 +378,17 @@ def test_progress_and_results_are_refused_once_cancel_is_requested(plans):
     step.refresh_from_db()
     assert step.status == "running" and step.progress == {} and step.outputs == {}
     ledger.step_compensating(lease, step)  # carrying the cancel out is allowed
+
+
+def test_decommission_waits_for_a_run_that_is_still_finishing(plans):
+    tenant = create()
+    run = actions.latest_run(tenant)
+    # Active, but the run is still sending welcome emails.
+    tenant.__class__.objects.filter(pk=tenant.pk).update(state="active")
+    tenant.refresh_from_db()
+    assert run.is_live
+    allowed, why = actions.allowed_actions(tenant)["decommission"]
+    assert not allowed and "still finishing" in why
+    with pytest.raises(actions.ActionError, match="still finishing"):
+        actions.decommission_tenant(tenant)
+    assert actions.latest_run(tenant).pk == run.pk
