@@ -17,7 +17,7 @@ from django.utils import timezone
 from provisioning.actions import _VerifyContext
 from provisioning.expectations import expectation
 from provisioning.models import AuditEvent, ProvisioningRun, Route, StepRun, WelcomeEmail
-from provisioning.status import iso
+from provisioning.status import iso, step_json
 from provisioning.steps import BY_ID
 from tenants.models import Tenant
 
@@ -53,15 +53,9 @@ def _seconds(start, end) -> float | None:
 
 
 def _step_summary(step: StepRun) -> dict:
+    # The status JSON's step, plus what an escalation needs on top.
     return {
-        "id": step.step_id,
-        "position": step.position,
-        "status": step.status,
-        "attempts": step.attempts,
-        "started_at": iso(step.started_at),
-        "finished_at": iso(step.finished_at),
-        "duration_s": step.duration_s,
-        "error": step.error or None,
+        **step_json(step),
         "error_category": step.error_category or None,
         "stalled_at": iso(step.stalled_at),
     }
