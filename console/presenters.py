@@ -21,7 +21,7 @@ from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
 from provisioning.models import AuditEvent, ProvisioningRun, StepLogLine, StepRun
 from provisioning.status import iso
-from provisioning.steps import BY_ID, STEPS
+from provisioning.steps import BY_ID, CREATING_STEP_IDS, STEPS
 from tenants.filters import ALL, audit_query
 from tenants.models import Tenant
 
@@ -390,14 +390,8 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
 
 # ---------------------------------------------------------------- error card
 
-RESOURCE_STEPS = (
-    "allocate_storage",
-    "allocate_identity",
-    "allocate_network",
-    "seed_schema",
-    "deploy_workloads",
-    "mark_active",
-)
+# What the error card lists as created and removed: emails cannot be unsent.
+RESOURCE_STEPS = tuple(s for s in CREATING_STEP_IDS if s != "send_welcome_emails")
 
 
 def describe_outputs(step_id: str, outputs: dict) -> str:

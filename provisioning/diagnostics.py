@@ -18,7 +18,7 @@ from provisioning.actions import _VerifyContext
 from provisioning.expectations import expectation
 from provisioning.models import AuditEvent, ProvisioningRun, Route, StepRun, WelcomeEmail
 from provisioning.status import iso, step_json
-from provisioning.steps import BY_ID
+from provisioning.steps import BY_ID, CREATING_STEP_IDS
 from tenants.models import Tenant
 
 S = StepRun.Status
@@ -29,16 +29,7 @@ OPERATOR_ACTIONS = {
     "tenant.provisioning.retried": "retry",
     "tenant.decommission.started": "decommission",
 }
-# Steps that create something; validate and wait_ready create nothing.
-RESOURCE_STEPS = (
-    "allocate_storage",
-    "allocate_identity",
-    "allocate_network",
-    "seed_schema",
-    "deploy_workloads",
-    "mark_active",
-    "send_welcome_emails",
-)
+RESOURCE_STEPS = CREATING_STEP_IDS
 LOG_LINES = 100
 EVENTS = 100
 

@@ -25,6 +25,7 @@ STEPS: list[Step] = [
 STEP_IDS = [step.id for step in STEPS]
 BY_ID = {step.id: step for step in STEPS}
 TOTAL = len(STEPS)
+CREATING_STEP_IDS = tuple(step.id for step in STEPS if step.creates)
 
 
 def step_at(position: int) -> Step:

@@ -16,6 +16,9 @@ class Step:
     seconds: float = 60.0
     # A best-effort step that fails leaves the tenant as it is.
     best_effort: bool = False
+    # Whether the step makes something (resources, rows, emails) that
+    # diagnostics and the error card list; validate and wait_ready only check.
+    creates: bool = True
 
     def run(self, ctx: StepContext) -> dict:
         """Do the work idempotently; return what was created (ids, names)."""

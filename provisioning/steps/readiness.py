@@ -9,6 +9,7 @@ VERBOSE_PROBES = 60
 
 
 class WaitReady(Step):
+    creates = False
     id = "wait_ready"
     label = "Wait for workloads ready"
     attempts = 2

@@ -6,6 +6,7 @@ from tenants.validation import first_error, validate_request
 
 
 class Validate(Step):
+    creates = False
     id = "validate"
     label = "Validate request"
     attempts = 2
