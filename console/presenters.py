@@ -19,7 +19,7 @@ from django.utils import timezone
 from provisioning import actions, stall
 from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
-from provisioning.models import AuditEvent, ProvisioningRun, StepLogLine, StepRun
+from provisioning.models import AuditEvent, ProvisioningRun, StepLogLine, StepRun, latest_run
 from provisioning.status import iso
 from provisioning.steps import BY_ID, CREATING_STEP_IDS, STEPS
 from tenants.filters import ALL, audit_query
@@ -90,10 +90,6 @@ def position_of(step_id: str) -> int | None:
 
 
 # ---------------------------------------------------------------- runs and steps
-
-
-def latest_run(tenant: Tenant) -> ProvisioningRun | None:
-    return tenant.runs.order_by("-created_at", "-id").first()
 
 
 def steps_of(run: ProvisioningRun | None, *, with_logs: bool = False) -> list[StepRun]:

@@ -13,7 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from provisioning.audit import record_event
-from provisioning.models import ProvisioningRun, StepRun
+from provisioning.context import VerifyContext
+from provisioning.models import ProvisioningRun, StepRun, latest_run
 from provisioning.queue import enqueue_run
 from provisioning.steps import STEPS
 from tenants.models import Tenant
@@ -33,13 +34,6 @@ class AlreadyUnderWay(ActionError):
 
 def _lock(tenant: Tenant) -> Tenant:
     return Tenant.objects.select_for_update().select_related("plan").get(pk=tenant.pk)
-
-
-def latest_run(tenant: Tenant, kind: str | None = None) -> ProvisioningRun | None:
-    runs = tenant.runs.all()
-    if kind:
-        runs = runs.filter(kind=kind)
-    return runs.order_by("-created_at", "-id").first()
 
 
 def _new_run(tenant: Tenant, kind: str, user, faults=None, reuse_from=None) -> ProvisioningRun:
@@ -229,25 +223,10 @@ def reusable_steps(previous: ProvisioningRun) -> dict[str, dict]:
             break
         if step_run.status not in (StepRun.Status.SUCCEEDED, StepRun.Status.SKIPPED):
             break
-        if not step.verify(_VerifyContext(previous), step_run.outputs):
+        if not step.verify(VerifyContext(previous), step_run.outputs):
             break
         reuse[step.id] = step_run.outputs
     return reuse
-
-
-class _VerifyContext:
-    """What ``Step.verify`` may read: the tenant, its plan and a driver."""
-
-    def __init__(self, run: ProvisioningRun):
-        self.run = run
-        self.tenant = run.tenant
-        self.plan = run.tenant.plan
-
-    @property
-    def driver(self):
-        from provisioning.drivers import get_driver
-
-        return get_driver()
 
 
 def decommission_tenant(tenant: Tenant, *, user=None, reason: str = "") -> ProvisioningRun:

@@ -7,4 +7,3 @@ class ProvisioningConfig(AppConfig):
 
     def ready(self) -> None:
         from provisioning import signals  # noqa: F401  (connects django-q2 signals)
-        from provisioning.traffic import signals as traffic  # noqa: F401  (routes file)

@@ -90,3 +90,18 @@ class StepContext:
 
     def save_faults(self, faults: list) -> None:
         ledger.faults_used(self.lease, faults)
+
+
+class VerifyContext:
+    """What ``Step.verify`` may read outside a running step: the tenant, its plan, a driver."""
+
+    def __init__(self, run: ProvisioningRun):
+        self.run = run
+        self.tenant = run.tenant
+        self.plan = run.tenant.plan
+
+    @property
+    def driver(self):
+        from provisioning.drivers import get_driver
+
+        return get_driver()

@@ -14,7 +14,7 @@ import json
 
 from django.utils import timezone
 
-from provisioning.actions import _VerifyContext
+from provisioning.context import VerifyContext
 from provisioning.expectations import expectation
 from provisioning.models import AuditEvent, ProvisioningRun, Route, StepRun, WelcomeEmail
 from provisioning.status import iso, step_json
@@ -88,7 +88,7 @@ def _still_there(step_id: str, run: ProvisioningRun, outputs: dict):
         step = BY_ID.get(step_id)
         if step is None:
             return "unknown: no such step in the saga"
-        return bool(step.verify(_VerifyContext(run), outputs or {}))
+        return bool(step.verify(VerifyContext(run), outputs or {}))
     except Exception as exc:  # the engine or database could not answer
         return f"unknown: {type(exc).__name__}: {exc}"[:300]
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from provisioning import faults, ledger, stall
 from provisioning.context import RunState, StepContext
-from provisioning.errors import Cancelled, Fenced, StepError, classify
+from provisioning.errors import Cancelled, Fenced, classify
 from provisioning.models import ProvisioningRun, StepRun
 from provisioning.steps import STEPS, Step, step_at
 
@@ -239,6 +239,3 @@ def _decommission(state: RunState, run: ProvisioningRun) -> str:
         return "failed"
     ledger.decommission_finished(lease)
     return "decommissioned"
-
-
-__all__ = ["advance", "StepError"]

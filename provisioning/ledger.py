@@ -25,7 +25,8 @@ from tenants.models import Tenant
 
 Status = StepRun.Status
 RunStatus = ProvisioningRun.Status
-LIVE_SQL = "('queued', 'running', 'compensating')"
+# For the raw statements below; the model's list is the one truth.
+LIVE = [str(status) for status in ProvisioningRun.LIVE]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""
+            """
             UPDATE provisioning_provisioningrun
                SET lease_owner = %s,
                    lease_expires_at = now() + make_interval(secs => %s),
@@ -52,11 +53,11 @@ def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
                    fence = fence + 1,
                    status = CASE WHEN status = 'queued' THEN 'running' ELSE status END
              WHERE id = %s
-               AND status IN {LIVE_SQL}
+               AND status = ANY(%s)
                AND (lease_expires_at IS NULL OR lease_expires_at < now())
          RETURNING fence
             """,
-            [owner, ttl, run_id],
+            [owner, ttl, run_id, LIVE],
         )
         row = cursor.fetchone()
     return Lease(run_id, owner, row[0]) if row else None
@@ -66,13 +67,13 @@ def heartbeat(lease: Lease, ttl: float) -> bool:
     """Extend the lease; return whether cancel was requested. Raises Fenced."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""
+            """
             UPDATE provisioning_provisioningrun
                SET lease_expires_at = now() + make_interval(secs => %s), heartbeat_at = now()
-             WHERE id = %s AND lease_owner = %s AND fence = %s AND status IN {LIVE_SQL}
+             WHERE id = %s AND lease_owner = %s AND fence = %s AND status = ANY(%s)
          RETURNING cancel_requested
             """,
-            [ttl, lease.run_id, lease.owner, lease.fence],
+            [ttl, lease.run_id, lease.owner, lease.fence, LIVE],
         )
         row = cursor.fetchone()
     if row is None:

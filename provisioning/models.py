@@ -72,6 +72,14 @@ class ProvisioningRun(models.Model):
         return self.status in self.LIVE
 
 
+def latest_run(tenant: Tenant, kind: str | None = None) -> ProvisioningRun | None:
+    """The tenant's most recent run (of ``kind``, if given): what pages and actions act on."""
+    runs = tenant.runs.all()
+    if kind:
+        runs = runs.filter(kind=kind)
+    return runs.order_by("-created_at", "-id").first()
+
+
 class StepRun(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -172,6 +180,31 @@ class TenantIdentity(models.Model):
         return f"{self.organization} ({self.admin_email})"
 
 
+def _routes_changed() -> None:
+    # The edge's routes file follows every committed change to routes
+    # (imported here, not at the top: the traffic package imports models).
+    from provisioning.traffic import export
+
+    export.schedule_write()
+
+
+class RouteQuerySet(models.QuerySet):
+    """Queryset updates and deletes send no signals, so the queryset itself
+    is the one place every change to routes passes through."""
+
+    def update(self, **kwargs):
+        changed = super().update(**kwargs)
+        if changed:
+            _routes_changed()
+        return changed
+
+    def delete(self):
+        deleted = super().delete()
+        if deleted[0]:
+            _routes_changed()
+        return deleted
+
+
 class Route(models.Model):
     """Where the tenant's hostname sends traffic (allocate_network, mark_active)."""
 
@@ -182,8 +215,19 @@ class Route(models.Model):
     enabled = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = RouteQuerySet.as_manager()
+
     def __str__(self) -> str:
         return f"{self.hostname} -> {', '.join(self.backends) or 'nothing'}"
+
+    def save(self, *args, **kwargs) -> None:
+        super().save(*args, **kwargs)
+        _routes_changed()
+
+    def delete(self, *args, **kwargs):
+        deleted = super().delete(*args, **kwargs)
+        _routes_changed()
+        return deleted
 
 
 class WelcomeEmail(models.Model):

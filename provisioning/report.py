@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from provisioning.models import ProvisioningRun
+from provisioning.models import ProvisioningRun, latest_run
 from provisioning.status import tenant_status
 from tenants.models import Tenant
 
@@ -72,7 +72,7 @@ def wait_until_settled(tenant: Tenant, *, timeout: float, echo=None, poll: float
     while True:
         # The run first, then the status: a run that settled before this read
         # is fully reflected in the status read after it.
-        run = tenant.runs.order_by("-created_at", "-id").first()
+        run = latest_run(tenant)
         settled = run is None or not run.is_live
         tenant.refresh_from_db()
         status = tenant_status(tenant)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from provisioning.models import ProvisioningRun, StepRun
+from provisioning.models import ProvisioningRun, StepRun, latest_run
 from provisioning.steps import STEPS
 from tenants.models import Tenant
 
@@ -13,10 +13,6 @@ Status = StepRun.Status
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def latest_run(tenant: Tenant) -> ProvisioningRun | None:
-    return tenant.runs.order_by("-created_at", "-id").first()
 
 
 def current_step(run: ProvisioningRun | None, steps: list[StepRun]) -> str | None:
@@ -51,7 +47,7 @@ def tenant_status(tenant: Tenant) -> dict:
     provision = (
         run
         if run is None or run.kind == ProvisioningRun.Kind.PROVISION
-        else tenant.runs.filter(kind=ProvisioningRun.Kind.PROVISION).order_by("-attempt").first()
+        else latest_run(tenant, ProvisioningRun.Kind.PROVISION)
     )
     return {
         "slug": tenant.slug,

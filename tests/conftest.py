@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -72,6 +73,24 @@ def drive(tenant: Tenant) -> str:
     """Advance the tenant's latest run in this process, as a worker would."""
     run = actions.latest_run(tenant)
     return engine.advance(run.pk)
+
+
+def drive_in_background(tenant: Tenant):
+    """Drive the run in a thread, as a busy worker would, while the test watches.
+
+    Returns the started thread and a dict that gets ``result`` when it ends.
+    """
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["result"] = drive(tenant)
+        finally:
+            connection.close()  # the thread's own connection
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    return worker, outcome
 
 
 def database_url() -> str:

@@ -1,11 +1,9 @@
 """The saga engine, driven in this process against real PostgreSQL and the workload driver."""
 
-import threading
 import time
 
 import pytest
 from django.core import mail
-from django.db import connection
 
 from provisioning import actions, engine, ledger
 from provisioning.drivers import get_driver
@@ -15,7 +13,7 @@ from provisioning.status import tenant_status
 from provisioning.steps import STEP_IDS
 from provisioning.steps.schema import existing_tables
 from provisioning.steps.storage import schema_exists
-from tests.conftest import drive, wait_for
+from tests.conftest import drive, drive_in_background, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,9 +127,7 @@ def test_transient_errors_past_the_budget_fail_the_step(plans, faults_enabled, f
 
 def test_cancel_during_a_hang_compensates_within_seconds(plans, faults_enabled):
     tenant = create(faults=["deploy_workloads:hang:60"])
-    outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(result=drive_and_close(tenant)))
-    worker.start()
+    worker, outcome = drive_in_background(tenant)
     wait_for(
         lambda: StepRun.objects.filter(
             run__tenant=tenant, step_id="deploy_workloads", status="running"
@@ -151,13 +147,6 @@ def test_cancel_during_a_hang_compensates_within_seconds(plans, faults_enabled):
     assert "tenant.provisioning.cancel_requested" in types
     assert types[-1] == "tenant.provisioning.cancelled"
     assert_nothing_left(tenant)
-
-
-def drive_and_close(tenant):
-    try:
-        return drive(tenant)
-    finally:
-        connection.close()
 
 
 def test_a_second_cancel_says_it_is_under_way_and_cancel_of_an_active_tenant_is_refused(plans):

@@ -1,17 +1,15 @@
 """Stall detection: thresholds, the once-only `stalled` event, and "stalled?" on the pages."""
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from console import fragments, presenters
 from provisioning import actions, expectations, ledger, stall
 from provisioning import faults as fault_specs
 from provisioning.models import AuditEvent, StepRun
-from tests.conftest import drive, wait_for
+from tests.conftest import drive_in_background, wait_for
 from tests.views_support import create, run_of, start
 
 
@@ -127,16 +125,7 @@ def test_a_hang_on_wait_ready_is_flagged_within_the_detection_interval(
         user=operator,
         faults=[fault_specs.parse("wait_ready:hang:5")],
     )
-    outcome = {}
-
-    def work():
-        try:
-            outcome["result"] = drive(tenant)
-        finally:
-            connection.close()
-
-    worker = threading.Thread(target=work)
-    worker.start()
+    worker, outcome = drive_in_background(tenant)
     try:
         event = wait_for(
             lambda: AuditEvent.objects.filter(tenant=tenant, type=stall.EVENT).first(),

@@ -13,7 +13,7 @@ from provisioning.drivers import get_driver
 from provisioning.models import Route, StepRun
 from provisioning.traffic import export, health, routing
 from tests.browser_support import Daphne, free_port
-from tests.conftest import drive, wait_for
+from tests.conftest import drive, drive_in_background, wait_for
 from tests.docker_support import require_docker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.docker]
@@ -117,23 +117,10 @@ def test_an_enterprise_tenant_is_served_at_its_subdomain_across_replicas(served)
 
 def test_a_tenant_hanging_in_wait_ready_is_503_even_with_replicas_up(served, settings):
     """Replicas running and a route with backends are not enough: 503 until active."""
-    import threading
-
-    from django.db import connection
-
     server, client = served
     settings.PROVISIONING_FAULTS_ENABLED = True
     tenant = create("hangs", faults=["wait_ready:hang:60"])
-    outcome = {}
-
-    def work():
-        try:
-            outcome["result"] = drive(tenant)
-        finally:
-            connection.close()
-
-    worker = threading.Thread(target=work)
-    worker.start()
+    worker, outcome = drive_in_background(tenant)
     try:
         wait_for(
             lambda: StepRun.objects.filter(

@@ -4,7 +4,6 @@ from provisioning.audit import record_event
 from provisioning.errors import PermanentError, TransientError
 from provisioning.models import Route
 from provisioning.steps.base import Step
-from provisioning.traffic import export
 from provisioning.traffic.verify import verify_tenant
 from tenants.models import Tenant
 
@@ -53,7 +52,6 @@ class MarkActive(Step):
         # Inside the fenced transaction that records the step's success: the
         # route, the tenant's state and the event commit together or not at all.
         Route.objects.filter(tenant=ctx.tenant).update(enabled=True)
-        export.schedule_write()  # queryset updates send no signals
         now = timezone.now()
         Tenant.objects.filter(pk=ctx.tenant.pk).update(
             state=Tenant.State.ACTIVE, activated_at=now, updated_at=now
@@ -68,5 +66,4 @@ class MarkActive(Step):
 
     def compensate(self, ctx) -> None:
         switched = Route.objects.filter(tenant=ctx.tenant, enabled=True).update(enabled=False)
-        export.schedule_write()
         ctx.log("route switched off" if switched else "route already off")

@@ -1,7 +1,6 @@
 from provisioning.drivers.base import LABEL_RUN, LABEL_TENANT
 from provisioning.models import Route
 from provisioning.steps.base import Step
-from provisioning.traffic import export
 
 
 class DeployWorkloads(Step):
@@ -25,7 +24,6 @@ class DeployWorkloads(Step):
         )
         backends = [f"{r.host}:{r.port}" for r in replicas]
         Route.objects.filter(tenant=tenant).update(backends=backends)
-        export.schedule_write()  # queryset updates send no signals
         ctx.progress(
             f"{len(replicas)}/{plan.replicas} replicas started",
             1.0,
@@ -39,7 +37,6 @@ class DeployWorkloads(Step):
     def compensate(self, ctx) -> None:
         removed = ctx.driver.remove_replicas(ctx.tenant.key)
         Route.objects.filter(tenant=ctx.tenant).update(backends=[])
-        export.schedule_write()
         ctx.log(f"removed {removed} replica(s)" if removed else "replicas already gone")
 
     def verify(self, ctx, outputs) -> bool:
