@@ -20,7 +20,7 @@ from provisioning import actions, stall
 from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
 from provisioning.models import AuditEvent, ProvisioningRun, StepLogLine, StepRun, latest_run
-from provisioning.status import iso
+from provisioning.status import current_step, iso
 from provisioning.steps import BY_ID, CREATING_STEP_IDS, STEPS
 from tenants.filters import ALL, audit_query
 from tenants.models import Tenant
@@ -101,20 +101,6 @@ def steps_of(run: ProvisioningRun | None, *, with_logs: bool = False) -> list[St
             Prefetch("log_lines", queryset=StepLogLine.objects.order_by("id"))
         )
     return list(steps)
-
-
-def current_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun | None:
-    """The step a live run is on: the one running, else the next to run."""
-    if run is None or not run.is_live:
-        return None
-    for wanted in ACTIVE_STEP:
-        for step in steps:
-            if step.status == wanted:
-                return step
-    if run.kind == Kind.DECOMMISSION:
-        # Decommission undoes in reverse: the next is the last not yet undone.
-        return next((s for s in reversed(steps) if s.status != S.COMPENSATED), None)
-    return next((s for s in steps if s.status == S.PENDING), None)
 
 
 def stopped_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun | None:

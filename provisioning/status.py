@@ -15,15 +15,18 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def current_step(run: ProvisioningRun | None, steps: list[StepRun]) -> str | None:
+def current_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun | None:
+    """The step a live run is on: the one running, else the next to run."""
     if run is None or not run.is_live:
         return None
     for wanted in (Status.RUNNING, Status.RETRYING, Status.COMPENSATING):
         for step in steps:
             if step.status == wanted:
-                return step.step_id
-    # Between steps: the next one to run.
-    return next((s.step_id for s in steps if s.status == Status.PENDING), None)
+                return step
+    if run.kind == ProvisioningRun.Kind.DECOMMISSION:
+        # Decommission undoes in reverse: the next is the last not yet undone.
+        return next((s for s in reversed(steps) if s.status != Status.COMPENSATED), None)
+    return next((s for s in steps if s.status == Status.PENDING), None)
 
 
 def step_json(step: StepRun) -> dict:
@@ -56,7 +59,7 @@ def tenant_status(tenant: Tenant) -> dict:
         "state": tenant.state,
         "url": tenant.url,
         "attempt": provision.attempt if provision else 0,
-        "current_step": current_step(run, steps),
+        "current_step": current.step_id if (current := current_step(run, steps)) else None,
         "failed_step": (provision.failed_step or None) if provision else None,
         "error": (provision.error or None) if provision else None,
         "cancelled": bool(provision and provision.cancelled),
