@@ -32,10 +32,6 @@ class AlreadyUnderWay(ActionError):
     """The same operation is already in progress: not an error for a double click."""
 
 
-def _lock(tenant: Tenant) -> Tenant:
-    return Tenant.objects.select_for_update().select_related("plan").get(pk=tenant.pk)
-
-
 def _new_run(tenant: Tenant, kind: str, user, faults=None, reuse_from=None) -> ProvisioningRun:
     previous = tenant.runs.filter(kind=kind).order_by("-attempt").first()
     run = ProvisioningRun.objects.create(
@@ -97,7 +93,7 @@ def create_tenant(
 
 def request_cancel(tenant: Tenant, *, user=None, reason: str = "") -> ProvisioningRun:
     with transaction.atomic():
-        tenant = _lock(tenant)
+        tenant = Tenant.objects.lock(tenant.pk)
         run = latest_run(tenant)
         if tenant.state != Tenant.State.PROVISIONING or run is None or not run.is_live:
             raise ActionError(
@@ -125,7 +121,7 @@ def request_cancel(tenant: Tenant, *, user=None, reason: str = "") -> Provisioni
 def reset_provisioning(tenant: Tenant, *, user=None, reason: str = "") -> ProvisioningRun:
     """Clear the latest run's state so that a retry starts from the top."""
     with transaction.atomic():
-        tenant = _lock(tenant)
+        tenant = Tenant.objects.lock(tenant.pk)
         run = latest_run(tenant, Kind.PROVISION)
         if run is None:
             raise ActionError(f"{tenant.slug} has no provisioning run to reset")
@@ -172,7 +168,7 @@ def retry_provisioning(
 ) -> ProvisioningRun:
     """Start a new attempt, resuming after the steps whose work is still there."""
     with transaction.atomic():
-        tenant = _lock(tenant)
+        tenant = Tenant.objects.lock(tenant.pk)
         previous = latest_run(tenant)
         if tenant.state == Tenant.State.PROVISIONING and previous and previous.is_live:
             raise AlreadyUnderWay(
@@ -231,7 +227,7 @@ def reusable_steps(previous: ProvisioningRun) -> dict[str, dict]:
 
 def decommission_tenant(tenant: Tenant, *, user=None, reason: str = "") -> ProvisioningRun:
     with transaction.atomic():
-        tenant = _lock(tenant)
+        tenant = Tenant.objects.lock(tenant.pk)
         current = latest_run(tenant)
         if tenant.state == Tenant.State.DECOMMISSIONING and current and current.is_live:
             raise AlreadyUnderWay(f"{tenant.slug} is already being decommissioned")

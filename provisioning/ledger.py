@@ -95,9 +95,11 @@ def fenced(lease: Lease, *, during_cancel: bool = False):
     except for the writes that carry the cancel out (``during_cancel``).
     """
     with transaction.atomic():
+        # The lock order of Tenant.objects.lock: the tenant, then the run.
+        tenant_id = ProvisioningRun.objects.values_list("tenant_id", flat=True).get(pk=lease.run_id)
+        tenant = Tenant.objects.lock(tenant_id)
         run = (
-            ProvisioningRun.objects.select_for_update(of=("self",))
-            .select_related("tenant", "tenant__plan")
+            ProvisioningRun.objects.select_for_update(no_key=True, of=("self",))
             .annotate(
                 lease_expired=ExpressionWrapper(
                     Q(lease_expires_at__lt=Now()), output_field=BooleanField()
@@ -105,6 +107,7 @@ def fenced(lease: Lease, *, during_cancel: bool = False):
             )
             .get(pk=lease.run_id)
         )
+        run.tenant = tenant
         if run.lease_owner != lease.owner or run.fence != lease.fence or not run.is_live:
             raise Fenced(f"run {lease.run_id}: fence {lease.fence} is stale")
         if run.lease_expired:

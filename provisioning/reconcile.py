@@ -24,6 +24,7 @@ the same engine are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -317,7 +318,8 @@ def fix(report: Report, actor=None, driver=None) -> list[Finding]:
             with transaction.atomic():
                 tenant = None
                 if finding.tenant_id is not None:
-                    tenant = Tenant.objects.select_for_update().filter(pk=finding.tenant_id).first()
+                    with contextlib.suppress(Tenant.DoesNotExist):
+                        tenant = Tenant.objects.lock(finding.tenant_id)
                 if not still_orphan(tenant, finding):
                     continue
                 if not _remove(finding, driver, gone):

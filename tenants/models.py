@@ -29,6 +29,19 @@ class Plan(models.Model):
 STATES = ["provisioning", "active", "failed", "decommissioning", "decommissioned"]
 
 
+class TenantQuerySet(models.QuerySet):
+    def lock(self, pk: int) -> Tenant:
+        """Lock one tenant's row for a change to it or to any of its runs.
+
+        The lock order is the tenant, then its run: operator actions, the
+        worker's fenced writes and reconcile all start here, so a cancel and
+        a step finishing at the same moment queue up instead of deadlocking.
+        NO KEY UPDATE, because nothing changes a tenant's key: other
+        transactions may still insert rows that reference it (audit events).
+        """
+        return self.select_for_update(no_key=True, of=("self",)).select_related("plan").get(pk=pk)
+
+
 class Tenant(models.Model):
     class State(models.TextChoices):
         PROVISIONING = "provisioning", "Provisioning"
@@ -49,6 +62,8 @@ class Tenant(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     activated_at = models.DateTimeField(null=True, blank=True)
     decommissioned_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -381,3 +381,55 @@ def test_decommission_waits_for_a_run_that_is_still_finishing(plans):
     with pytest.raises(actions.ActionError, match="still finishing"):
         actions.decommission_tenant(tenant)
     assert actions.latest_run(tenant).pk == run.pk
+
+
+def test_a_cancel_racing_a_workers_write_waits_instead_of_deadlocking(plans):
+    """An operator's action and the worker's fenced write lock tenant then run.
+
+    The action takes the tenant's lock and, a moment later, writes the run;
+    meanwhile the worker starts a step. With the locks taken in opposite
+    orders PostgreSQL detects a deadlock and kills one side (CI saw this
+    through the console's Cancel); in one order the worker simply waits and
+    then finds the cancel.
+    """
+    import threading
+
+    from django.db import connection, transaction
+
+    from provisioning.errors import Cancelled
+    from tenants.models import Tenant
+
+    tenant = create()
+    run = actions.latest_run(tenant)
+    lease = ledger.claim(run.pk, "w:1:x", ttl=30)
+    step = run.steps.get(position=1)
+    holding, outcome = threading.Event(), {}
+
+    def operator():
+        try:
+            with transaction.atomic():
+                Tenant.objects.lock(tenant.pk)
+                holding.set()
+                time.sleep(0.5)  # the worker's write arrives in between
+                ProvisioningRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+                AuditEvent.objects.create(type="test.cancel", tenant=tenant, run=run)
+            outcome["operator"] = "committed"
+        except Exception as error:  # noqa: BLE001 - the test reports what happened
+            outcome["operator"] = repr(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=operator)
+    thread.start()
+    assert holding.wait(5)
+    try:
+        ledger.step_started(lease, step)
+        outcome["worker"] = "wrote"
+    except Cancelled:
+        outcome["worker"] = "saw the cancel"
+    except Exception as error:  # noqa: BLE001
+        outcome["worker"] = repr(error)
+    thread.join(10)
+    assert outcome == {"operator": "committed", "worker": "saw the cancel"}
+    step.refresh_from_db()
+    assert step.status == "pending"
