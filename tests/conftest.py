@@ -69,6 +69,20 @@ def fast_backoff(settings):
     settings.PROVISIONING_BACKOFF_MAX = 0.2
 
 
+@pytest.fixture
+def task_queue(db):
+    """The configured django-q2 broker (ORM, or Redis with REDIS_URL), emptied before and after.
+
+    ``task_queue.queue_size()`` counts what was enqueued and not yet taken.
+    """
+    from django_q.brokers import get_broker
+
+    broker = get_broker()
+    broker.purge_queue()
+    yield broker
+    broker.purge_queue()
+
+
 def drive(tenant: Tenant) -> str:
     """Advance the tenant's latest run in this process, as a worker would."""
     run = actions.latest_run(tenant)

@@ -8,25 +8,25 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
-from django_q.models import OrmQ
 
 from provisioning import dryrun
 from provisioning.models import AuditEvent, ProvisioningRun, StepRun
 from tenants.models import Tenant
 from tests.views_support import create
 
-pytestmark = pytest.mark.django_db
+# Committed transactions, so that anything enqueued would reach the broker.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 ARGS = ["acme", "--org", "demo", "--plan", "enterprise", "--admin-email", "Admin@Example.com"]
 
 
-def counts():
+def counts(task_queue):
     return (
         Tenant.objects.count(),
         ProvisioningRun.objects.count(),
         StepRun.objects.count(),
         AuditEvent.objects.count(),
-        OrmQ.objects.count(),
+        task_queue.queue_size(),
     )
 
 
@@ -36,10 +36,10 @@ def provision(*args) -> str:
     return out.getvalue()
 
 
-def test_dry_run_reports_what_would_be_created_and_creates_nothing(plans):
-    before = counts()
+def test_dry_run_reports_what_would_be_created_and_creates_nothing(plans, task_queue):
+    before = counts(task_queue)
     data = json.loads(provision(*ARGS, "--dry-run", "--json"))
-    assert counts() == before
+    assert counts(task_queue) == before
     pid = data["predicted_id"]
     ns = django_settings.RESOURCE_NAMESPACE
     assert data["dry_run"] is True and data["ok"] is True
@@ -67,16 +67,16 @@ def test_dry_run_text(plans):
     assert Tenant.objects.count() == 0
 
 
-def test_dry_run_fails_like_validate_and_changes_nothing(operator):
+def test_dry_run_fails_like_validate_and_changes_nothing(operator, task_queue):
     create(operator)
-    before = counts()
+    before = counts(task_queue)
     with pytest.raises(CommandError, match="slug: The slug 'acme' is taken"):
         provision(*ARGS, "--dry-run")
     with pytest.raises(CommandError, match="plan: Unknown plan"):
         provision(
             "other", "--org", "demo", "--plan", "gold", "--admin-email", "a@b.co", "--dry-run"
         )
-    assert counts() == before
+    assert counts(task_queue) == before
 
 
 def test_dry_run_names_earlier_holders_of_the_slug(operator):
@@ -92,14 +92,14 @@ def test_dry_run_names_earlier_holders_of_the_slug(operator):
 GOOD = {"slug": "acme", "org": "demo", "plan": "pro", "admin_email": "Admin@Example.com"}
 
 
-def test_the_check_button_shows_the_plan_inline_and_creates_nothing(client, operator):
+def test_the_check_button_shows_the_plan_inline_and_creates_nothing(client, operator, task_queue):
     client.force_login(operator)
     page = client.get(reverse("tenant-new")).content.decode()
     assert 'name="check"' in page
-    before = counts()
+    before = counts(task_queue)
     response = client.post(reverse("tenant-new"), {**GOOD, "check": "1"})
     assert response.status_code == 200
-    assert counts() == before
+    assert counts(task_queue) == before
     html = response.content.decode()
     assert "Check passed: nothing was created" in html
     pid = dryrun.predicted_id()
@@ -113,16 +113,16 @@ def test_the_check_button_shows_the_plan_inline_and_creates_nothing(client, oper
     assert Tenant.objects.get(slug="acme").pk == pid
 
 
-def test_the_check_button_shows_problems_inline(client, operator):
+def test_the_check_button_shows_problems_inline(client, operator, task_queue):
     create(operator)
     client.force_login(operator)
-    before = counts()
+    before = counts(task_queue)
     response = client.post(reverse("tenant-new"), {**GOOD, "org": "Demo", "check": "1"})
     assert response.status_code == 200
     html = response.content.decode()
     assert "Check found problems" in html
     assert "is taken by a tenant" in html and "must be lower-case" in html
-    assert counts() == before
+    assert counts(task_queue) == before
 
 
 def test_a_viewer_cannot_check_either(client, viewer):

@@ -4,7 +4,6 @@ import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils.html import escape
-from django_q.models import OrmQ
 
 from provisioning import actions
 from provisioning.models import AuditEvent, ProvisioningRun
@@ -72,7 +71,7 @@ def test_a_taken_slug_is_refused_inline(client, operator):
 
 
 def test_creating_redirects_to_the_detail_page_with_a_message(
-    client, operator, django_capture_on_commit_callbacks
+    client, operator, task_queue, django_capture_on_commit_callbacks
 ):
     client.force_login(operator)
     with django_capture_on_commit_callbacks(execute=True):
@@ -88,11 +87,11 @@ def test_creating_redirects_to_the_detail_page_with_a_message(
     )
     assert tenant.state == "provisioning" and tenant.created_by == operator
     assert AuditEvent.objects.filter(tenant=tenant, type="tenant.created", actor="olivia").exists()
-    assert OrmQ.objects.count() == 1  # enqueued for a worker; nothing ran here
+    assert task_queue.queue_size() == 1  # enqueued for a worker; nothing ran here
 
 
 def test_faults_can_be_injected_from_the_form_only_where_enabled(
-    client, operator, settings, django_capture_on_commit_callbacks
+    client, operator, settings, task_queue, django_capture_on_commit_callbacks
 ):
     # (That a slow saga never slows this request is shown with a real worker in
     # tests/test_cluster.py::test_the_create_request_returns_as_fast_...)
@@ -111,4 +110,4 @@ def test_faults_can_be_injected_from_the_form_only_where_enabled(
     assert response.status_code == 302
     run = ProvisioningRun.objects.get()
     assert run.faults == [{"step": "deploy_workloads", "kind": "hang", "n": 30, "used": 0}]
-    assert OrmQ.objects.count() == 1
+    assert task_queue.queue_size() == 1
