@@ -172,6 +172,39 @@ def test_cancel_command_stops_a_hanging_run_within_seconds(plans, faults_enabled
     )
 
 
+def test_cancels_at_any_moment_of_a_run_settle_cleanly(plans, cluster_factory):
+    """Cancel at ten moments from "just created" to "nearly active".
+
+    Each cancel either lands (the run compensates and nothing is left) or is
+    refused because the tenant is already active; the worker never hits a
+    database error such as a deadlock between the cancel and its own writes.
+    """
+    cluster = cluster_factory()
+    landed = []
+    for i, delay in enumerate([0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0]):
+        tenant = actions.create_tenant(
+            slug=f"race{i}", org="demo", plan="free", admin_email="a@example.com"
+        )
+        time.sleep(delay)
+        try:
+            actions.request_cancel(tenant)
+        except actions.ActionError as refused:
+            assert "only a tenant that is provisioning" in str(refused)
+        settle(tenant, timeout=30)
+        run = actions.latest_run(tenant)
+        if run.cancelled:
+            undone = run.steps.filter(status="compensated").order_by("-position").first()
+            landed.append(undone.step_id if undone else "before any step")
+            assert tenant.state == "failed"
+            assert get_driver().list_replicas(tenant.key) == []
+        else:
+            assert tenant.state == "active"
+        cleanup(tenant)
+    log = cluster.log_path.read_text()
+    assert "deadlock" not in log.lower() and "Traceback" not in log, log[-3000:]
+    assert landed, "no cancel landed: every run finished before its cancel"
+
+
 def test_the_create_request_returns_as_fast_for_a_slow_saga_as_for_a_fast_one(
     plans, faults_enabled, cluster_factory, client, operator
 ):
