@@ -96,8 +96,7 @@ def fenced(lease: Lease, *, during_cancel: bool = False):
     """
     with transaction.atomic():
         # The lock order of Tenant.objects.lock: the tenant, then the run.
-        tenant_id = ProvisioningRun.objects.values_list("tenant_id", flat=True).get(pk=lease.run_id)
-        tenant = Tenant.objects.lock(tenant_id)
+        tenant = Tenant.objects.lock(runs__pk=lease.run_id)
         run = (
             ProvisioningRun.objects.select_for_update(no_key=True, of=("self",))
             .annotate(
