@@ -21,6 +21,14 @@ LABEL_KEY = "io.tenant-console.key"  # the driver key (e.g. t42-acme), to list b
 NAME_PREFIX = "tpc-"
 
 
+def network_name(key: str) -> str:
+    return f"{NAME_PREFIX}{key}"
+
+
+def replica_name(key: str, index: int) -> str:
+    return f"{NAME_PREFIX}{key}-r{index}"
+
+
 @dataclass
 class Replica:
     name: str  # deterministic: tpc-<key>-r<index>

@@ -28,9 +28,10 @@ from .base import (
     LABEL_KEY,
     LABEL_MANAGED,
     LABEL_REPLICA,
-    NAME_PREFIX,
     Network,
     Replica,
+    network_name,
+    replica_name,
 )
 from .workload_server import render_page
 
@@ -66,14 +67,6 @@ ENTRYPOINT ["/bin/busybox", "sh", "/entrypoint.sh"]
 # flock() already excludes threads that open the lock file separately; this
 # lock just keeps the threads of one worker from queueing on the file.
 _build_lock = threading.Lock()
-
-
-def network_name(key: str) -> str:
-    return f"{NAME_PREFIX}{key}"
-
-
-def replica_name(key: str, index: int) -> str:
-    return f"{NAME_PREFIX}{key}-r{index}"
 
 
 @contextlib.contextmanager

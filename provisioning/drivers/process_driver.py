@@ -29,7 +29,15 @@ from pathlib import Path
 from provisioning.errors import TransientError
 
 from . import key_lock, var_dir
-from .base import LABEL_KEY, LABEL_MANAGED, LABEL_REPLICA, NAME_PREFIX, Network, Replica
+from .base import (
+    LABEL_KEY,
+    LABEL_MANAGED,
+    LABEL_REPLICA,
+    Network,
+    Replica,
+    network_name,
+    replica_name,
+)
 
 HOST = "127.0.0.1"
 PORT_FILE_TIMEOUT = 5.0  # seconds to wait for a new server to report its port
@@ -38,14 +46,6 @@ SERVER_MODULE = "provisioning.drivers.workload_server"
 # The directory holding the `provisioning` package, so `-m` resolves it
 # whatever the worker's current directory is.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def network_name(key: str) -> str:
-    return f"{NAME_PREFIX}{key}"
-
-
-def replica_name(key: str, index: int) -> str:
-    return f"{NAME_PREFIX}{key}-r{index}"
 
 
 def pid_is_replica(pid: int, name: str) -> bool:
@@ -92,6 +92,11 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _network(data: dict) -> Network:
+    """The Network a record file describes (the file also holds the key)."""
+    return Network(name=data["name"], ref=data["ref"], labels=data["labels"])
+
+
 class ProcessDriver:
     name = "process"
 
@@ -117,7 +122,7 @@ class ProcessDriver:
 
     def find_network(self, key: str) -> Network | None:
         data = _read_json(self._network_path(key))
-        return Network(**{k: data[k] for k in ("name", "ref", "labels")}) if data else None
+        return _network(data) if data else None
 
     def ensure_network(self, key: str, labels: dict) -> Network:
         with self._lock(key):
@@ -272,7 +277,7 @@ class ProcessDriver:
         for path in self.directory.glob("*.network.json"):
             data = _read_json(path)
             if data:
-                networks.append(Network(**{k: data[k] for k in ("name", "ref", "labels")}))
+                networks.append(_network(data))
         return {
             "replicas": sorted((self._replica(d) for d in self._records()), key=lambda r: r.name),
             "networks": sorted(networks, key=lambda n: n.name),

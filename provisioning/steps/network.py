@@ -1,4 +1,4 @@
-from provisioning.drivers.base import LABEL_MANAGED, LABEL_TENANT
+from provisioning.drivers.base import LABEL_MANAGED, LABEL_TENANT, network_name
 from provisioning.models import Route
 from provisioning.steps.base import Step
 
@@ -26,7 +26,9 @@ class AllocateNetwork(Step):
         deleted, _ = Route.objects.filter(tenant=ctx.tenant).delete()
         ctx.log("removed route" if deleted else "route already gone")
         removed = ctx.driver.remove_network(ctx.tenant.key)
-        ctx.log(f"removed network tpc-{ctx.tenant.key}" if removed else "network already gone")
+        ctx.log(
+            f"removed network {network_name(ctx.tenant.key)}" if removed else "network already gone"
+        )
 
     def verify(self, ctx, outputs) -> bool:
         return (
