@@ -35,23 +35,32 @@ class RunState:
             raise Cancelled()
 
 
-class StepContext:
-    def __init__(self, state: RunState, run: ProvisioningRun, step_run: StepRun, seconds: float):
-        self.state = state
-        self.lease = state.lease
+class VerifyContext:
+    """What ``Step.verify`` may read outside a running step: the tenant, its plan, a driver."""
+
+    def __init__(self, run: ProvisioningRun):
         self.run = run
         self.tenant = run.tenant
         self.plan = run.tenant.plan
-        self.step_run = step_run
-        self.started = time.monotonic()
-        self.deadline = self.started + seconds
-        self._last_progress: dict | None = None
 
     @cached_property
     def driver(self):
         from provisioning.drivers import get_driver
 
         return get_driver()
+
+
+class StepContext(VerifyContext):
+    """What a running step sees: a VerifyContext plus the fenced ways to report and wait."""
+
+    def __init__(self, state: RunState, run: ProvisioningRun, step_run: StepRun, seconds: float):
+        super().__init__(run)
+        self.state = state
+        self.lease = state.lease
+        self.step_run = step_run
+        self.started = time.monotonic()
+        self.deadline = self.started + seconds
+        self._last_progress: dict | None = None
 
     def log(self, message: str, level: str = "info") -> None:
         ledger.step_log(self.lease, self.step_run, message, level)
@@ -90,18 +99,3 @@ class StepContext:
 
     def save_faults(self, faults: list) -> None:
         ledger.faults_used(self.lease, faults)
-
-
-class VerifyContext:
-    """What ``Step.verify`` may read outside a running step: the tenant, its plan, a driver."""
-
-    def __init__(self, run: ProvisioningRun):
-        self.run = run
-        self.tenant = run.tenant
-        self.plan = run.tenant.plan
-
-    @property
-    def driver(self):
-        from provisioning.drivers import get_driver
-
-        return get_driver()
