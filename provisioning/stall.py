@@ -26,6 +26,8 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
+from provisioning import ledger
+from provisioning.errors import Cancelled, Fenced
 from provisioning.expectations import expectation
 from provisioning.models import StepRun
 
@@ -108,9 +110,12 @@ def floor_for(step_id: str) -> float:
     return float(settings.PROVISIONING_STALL_FLOOR_SECONDS)
 
 
-def threshold(step_id: str, plan=None) -> float:
-    p95 = expectation(step_id, plan).p95
+def _limit(step_id: str, p95: float) -> float:
     return max(p95 * float(settings.PROVISIONING_STALL_FACTOR), floor_for(step_id))
+
+
+def threshold(step_id: str, plan=None) -> float:
+    return _limit(step_id, expectation(step_id, plan).p95)
 
 
 def verdict(step_run: StepRun, plan, now: datetime | None = None) -> Verdict | None:
@@ -119,9 +124,7 @@ def verdict(step_run: StepRun, plan, now: datetime | None = None) -> Verdict | N
         return None
     now = now or timezone.now()
     expected = expectation(step_run.step_id, plan)
-    limit = max(
-        expected.p95 * float(settings.PROVISIONING_STALL_FACTOR), floor_for(step_run.step_id)
-    )
+    limit = _limit(step_run.step_id, expected.p95)
     elapsed = max(0.0, (now - step_run.started_at).total_seconds())
     return Verdict(
         step_id=step_run.step_id,
@@ -134,16 +137,6 @@ def verdict(step_run: StepRun, plan, now: datetime | None = None) -> Verdict | N
     )
 
 
-def is_stalled(step_run: StepRun | None, plan, now: datetime | None = None) -> bool:
-    """Stalled now by the clock, or marked by a worker earlier and still going."""
-    if step_run is None or step_run.status not in WATCHED:
-        return False
-    if step_run.stalled_at is not None:
-        return True
-    found = verdict(step_run, plan, now)
-    return bool(found and found.stalled)
-
-
 def check_run(lease) -> int:
     """Called from the worker's heartbeat: record each newly stalled step once.
 
@@ -151,9 +144,6 @@ def check_run(lease) -> int:
     Cancelled for the caller to handle: the heartbeat's own renewal decides
     about the lease.
     """
-    from provisioning import ledger
-    from provisioning.errors import Cancelled, Fenced
-
     steps = list(
         StepRun.objects.filter(run_id=lease.run_id, status__in=WATCHED, stalled_at__isnull=True)
         .select_related("run__tenant__plan")
