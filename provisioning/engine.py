@@ -52,7 +52,7 @@ def lease_owner() -> str:
 
 
 def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter: 0..base*2^(attempt-1), capped."""
+    """Exponential backoff with equal jitter: cap/2..cap, cap = base*2^(attempt-1), capped."""
     cap = min(
         settings.PROVISIONING_BACKOFF_MAX, settings.PROVISIONING_BACKOFF_BASE * 2 ** (attempt - 1)
     )
@@ -187,7 +187,6 @@ def _run_step(state: RunState, run: ProvisioningRun, step_run: StepRun, step: St
 def _compensate_and_fail(state, run, steps, *, cancelled: bool) -> str:
     lease = state.lease
     ledger.compensation_started(lease, cancelled=cancelled)
-    run.refresh_from_db()
     for step_run in reversed(steps):
         step_run.refresh_from_db()
         if step_run.status not in STARTED:

@@ -327,13 +327,6 @@ def _finish(run: ProvisioningRun, status: str) -> None:
     run.save(update_fields=["status", "finished_at", "lease_owner", "lease_expires_at", "error"])
 
 
-def release(lease: Lease) -> None:
-    """Give the lease up early (e.g. the worker is stopping), if still ours."""
-    ProvisioningRun.objects.filter(
-        pk=lease.run_id, lease_owner=lease.owner, fence=lease.fence
-    ).update(lease_expires_at=None, lease_owner="")
-
-
 def faults_used(lease: Lease, faults: list) -> None:
     with fenced(lease, during_cancel=True) as run:
         run.faults = faults

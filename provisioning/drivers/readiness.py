@@ -34,9 +34,7 @@ def probe(replica: Replica, timeout: float = 1.0) -> tuple[bool, str]:
         return False, "connection reset"
     except TimeoutError:
         return False, "timed out"
-    except (OSError, http.client.HTTPException) as exc:
-        return False, f"{exc.__class__.__name__}: {exc}"[:200]
-    except Exception as exc:  # a probe must never take the step down
+    except Exception as exc:  # anything else (OSError, HTTPException, ...): never raise
         return False, f"{exc.__class__.__name__}: {exc}"[:200]
     finally:
         conn.close()
