@@ -14,10 +14,12 @@ import json
 
 from django.utils import timezone
 
+from console.presenters import ACTIVE_STEP, label_of, stopped_step
+from provisioning import stall
 from provisioning.context import VerifyContext
 from provisioning.expectations import expectation
 from provisioning.models import AuditEvent, ProvisioningRun, Route, StepRun, WelcomeEmail
-from provisioning.status import iso, step_json
+from provisioning.status import current_step, iso, step_json
 from provisioning.steps import BY_ID, CREATING_STEP_IDS
 from tenants.models import Tenant
 
@@ -29,14 +31,8 @@ OPERATOR_ACTIONS = {
     "tenant.provisioning.retried": "retry",
     "tenant.decommission.started": "decommission",
 }
-RESOURCE_STEPS = CREATING_STEP_IDS
 LOG_LINES = 100
 EVENTS = 100
-
-
-def _label(step_id: str) -> str:
-    step = BY_ID.get(step_id)
-    return step.label if step else step_id
 
 
 def _seconds(start, end) -> float | None:
@@ -100,10 +96,10 @@ def _resources(tenant: Tenant, runs: list[ProvisioningRun], steps_by_run: dict) 
         if run.kind != Kind.PROVISION:
             continue
         for step in steps_by_run.get(run.pk, []):
-            if step.step_id in RESOURCE_STEPS and step.outputs:
+            if step.step_id in CREATING_STEP_IDS and step.outputs:
                 latest[step.step_id] = (run, step)
     resources = []
-    for step_id in RESOURCE_STEPS:
+    for step_id in CREATING_STEP_IDS:
         if step_id not in latest:
             continue
         run, step = latest[step_id]
@@ -119,7 +115,7 @@ def _resources(tenant: Tenant, runs: list[ProvisioningRun], steps_by_run: dict) 
         resources.append(
             {
                 "step": step_id,
-                "label": _label(step_id),
+                "label": label_of(step_id),
                 "attempt": run.attempt,
                 "step_status": step.status,
                 "created": step.outputs,
@@ -178,7 +174,7 @@ def bundle(tenant: Tenant) -> dict:
         d = last_ok.details or {}
         last_successful = {
             "id": d.get("step"),
-            "label": _label(d.get("step", "")),
+            "label": label_of(d.get("step", "")),
             "position": d.get("position"),
             "attempt": last_ok.run.attempt if last_ok.run else None,
             "at": iso(last_ok.created_at),
@@ -189,20 +185,17 @@ def bundle(tenant: Tenant) -> dict:
         (r for r in reversed(provisions) if r.status == ProvisioningRun.Status.FAILED), None
     )
     if failed_run is not None:
-        run_steps = steps_by_run.get(failed_run.pk, [])
-        step = next((s for s in run_steps if s.step_id == failed_run.failed_step), None)
-        if step is None:  # a cancel records no failed step: where the run was when it stopped
-            started = [s for s in run_steps if s.started_at and s.status != S.SKIPPED]
-            step = started[-1] if started else None
+        # Its failed step, or where a cancel caught it (a cancel records no failed step).
+        step = stopped_step(failed_run, steps_by_run.get(failed_run.pk, []))
         lines = []
         if step is not None:
             lines = [
-                f"{line.at.isoformat().replace('+00:00', 'Z')} {line.level} {line.message}"
+                f"{iso(line.at)} {line.level} {line.message}"
                 for line in step.log_lines.order_by("-id")[:LOG_LINES]
             ][::-1]
         failing = {
             "id": step.step_id if step else (failed_run.failed_step or None),
-            "label": _label(step.step_id) if step else None,
+            "label": label_of(step.step_id) if step else None,
             "attempt": failed_run.attempt,
             "cancelled": failed_run.cancelled,
             "error": failed_run.error or None,
@@ -242,29 +235,17 @@ def bundle(tenant: Tenant) -> dict:
         for e in AuditEvent.objects.filter(tenant=tenant).order_by("-seq")[:EVENTS]
     ][::-1]
     current = None
-    if latest is not None and latest.is_live:
-        current_step = next(
-            (
-                s
-                for s in steps_by_run.get(latest.pk, [])
-                if s.status in (S.RUNNING, S.RETRYING, S.COMPENSATING)
-            ),
-            None,
-        )
-        if current_step is not None:
-            from provisioning import stall
-
-            verdict = stall.verdict(current_step, tenant.plan)
-            current = {
-                "id": current_step.step_id,
-                "status": current_step.status,
-                "started_at": iso(current_step.started_at),
-                "stalled_at": iso(current_step.stalled_at),
-                "expected": expectation(current_step.step_id, tenant.plan).as_dict(),
-                "stall": verdict.details(current_step) | {"stalled": verdict.stalled}
-                if verdict
-                else None,
-            }
+    running = current_step(latest, steps_by_run.get(latest.pk, [])) if latest else None
+    if running is not None and running.status in ACTIVE_STEP:
+        verdict = stall.verdict(running, tenant.plan)
+        current = {
+            "id": running.step_id,
+            "status": running.status,
+            "started_at": iso(running.started_at),
+            "stalled_at": iso(running.stalled_at),
+            "expected": expectation(running.step_id, tenant.plan).as_dict(),
+            "stall": verdict.details(running) | {"stalled": verdict.stalled} if verdict else None,
+        }
 
     return {
         "generated_at": iso(timezone.now()),

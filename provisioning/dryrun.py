@@ -16,8 +16,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import connection
 
-from provisioning.drivers.base import NAME_PREFIX
+from provisioning.drivers.base import network_name, replica_name
 from provisioning.steps import STEPS
+from provisioning.steps.schema import TABLES
 from tenants.models import Tenant
 from tenants.validation import TenantRequest, validate_request
 
@@ -60,10 +61,10 @@ def describe(request: TenantRequest) -> dict:
         "id_note": "the tenant id is assigned at creation; names below use the predicted id",
         "would_create": {
             "schema": tenant.schema_name,
-            "tables": ["projects", "settings", "users"],
+            "tables": sorted(TABLES),
             "identity": {"organization": request.org, "admin_email": request.admin_email},
-            "network": f"{NAME_PREFIX}{key}",
-            "containers": [f"{NAME_PREFIX}{key}-r{i}" for i in range(1, plan.replicas + 1)],
+            "network": network_name(key),
+            "containers": [replica_name(key, i) for i in range(1, plan.replicas + 1)],
             "replicas": plan.replicas,
             "image": plan.image,
             "memory_mb": plan.memory_mb,

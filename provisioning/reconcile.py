@@ -35,8 +35,14 @@ from django.utils import timezone
 
 from provisioning.audit import announce, record_event
 from provisioning.drivers import get_driver
-from provisioning.drivers.base import LABEL_KEY, LABEL_TENANT, NAME_PREFIX
-from provisioning.models import ProvisioningRun, ReconcileReport, Route, StepRun
+from provisioning.drivers.base import (
+    LABEL_KEY,
+    LABEL_TENANT,
+    NAME_PREFIX,
+    network_name,
+    replica_name,
+)
+from provisioning.models import ProvisioningRun, ReconcileReport, Route, StepRun, latest_run
 from provisioning.steps.storage import drop_schema, managed_schemas, schema_exists
 from tenants.models import Tenant
 
@@ -124,10 +130,15 @@ def parse_key(name: str, *, replica: bool) -> tuple[str, int, str] | None:
         if not match:
             return None
         key = match["key"]
-    match = KEY_RE.fullmatch(key[len(settings.RESOURCE_NAMESPACE) :])
+    match = _match_key(key)
     if not match:
         return None
     return key, int(match["id"]), match["slug"]
+
+
+def _match_key(key: str) -> re.Match | None:
+    """``t<id>-<slug>`` after the namespace in a driver key."""
+    return KEY_RE.fullmatch(key[len(settings.RESOURCE_NAMESPACE) :])
 
 
 def _labels_agree(labels: dict, key: str, tenant_id: int) -> bool:
@@ -172,16 +183,21 @@ def orphan_reason(tenant: Tenant | None, kind: str, *, slug: str | None = None) 
         return ""  # provisioning, active, decommissioning: its runs own it
     if ProvisioningRun.objects.filter(tenant=tenant, status__in=ProvisioningRun.LIVE).exists():
         return ""
-    run = (
-        ProvisioningRun.objects.filter(tenant=tenant, kind=ProvisioningRun.Kind.PROVISION)
-        .order_by("-created_at", "-id")
-        .first()
-    )
+    run = latest_run(tenant, ProvisioningRun.Kind.PROVISION)
     step = StepRun.objects.filter(run=run, step_id=CREATED_BY[kind]).first() if run else None
     if step is not None and step.status in KEPT:
         return ""  # a retry may resume after this step and reuse it
     status = step.status if step else "never run"
     return f"tenant failed and its {CREATED_BY[kind]} step is {status}"
+
+
+def _reason(tenant: Tenant | None, kind: str, name: str, *, slug: str | None = None) -> str:
+    """``orphan_reason``, plus the name check for schemas: one of a live tenant
+    that is not its schema (an earlier slug's) is an orphan too."""
+    why = orphan_reason(tenant, kind, slug=slug)
+    if not why and kind == "schema" and tenant is not None and name != tenant.schema_name:
+        why = f"tenant #{tenant.pk}'s schema is {tenant.schema_name}"
+    return why
 
 
 # Finding drift
@@ -206,17 +222,14 @@ def find_drift(driver=None) -> Report:
             key, tenant_id, slug = parsed
             if not _labels_agree(item.labels or {}, key, tenant_id):
                 continue
-            why = orphan_reason(owners.tenant(tenant_id), kind, slug=slug)
+            why = _reason(owners.tenant(tenant_id), kind, item.name, slug=slug)
             if why:
                 report.findings.append(
                     Finding("orphan", kind, item.name, tenant_id, owners.label(tenant_id), why, key)
                 )
 
     for name, tenant_id in sorted(managed_schemas().items()):
-        tenant = owners.tenant(tenant_id)
-        why = orphan_reason(tenant, "schema")
-        if not why and tenant is not None and name != tenant.schema_name:
-            why = f"tenant #{tenant_id}'s schema is {tenant.schema_name}"
+        why = _reason(owners.tenant(tenant_id), "schema", name)
         if why:
             report.findings.append(
                 Finding("orphan", "schema", name, tenant_id, owners.label(tenant_id), why)
@@ -270,14 +283,14 @@ def _missing(driver, report: Report) -> list[Finding]:
             else:
                 count = tenant.plan.replicas
                 for index in range(1, count + 1):
-                    name = f"{NAME_PREFIX}{tenant.key}-r{index}"
+                    name = replica_name(tenant.key, index)
                     replica = replicas.get(index)
                     if replica is None:
                         missing("container", name, f"replica {index} of {count} is gone")
                     elif replica.state != "running":
                         missing("container", name, f"replica {index} of {count} is {replica.state}")
                 if not has_network:
-                    missing("network", f"{NAME_PREFIX}{tenant.key}", "network is gone")
+                    missing("network", network_name(tenant.key), "network is gone")
         if not schema_exists(tenant.schema_name):
             missing("schema", tenant.schema_name, "schema is gone")
         route = routes.get(tenant.pk)
@@ -319,7 +332,7 @@ def fix(report: Report, actor=None, driver=None) -> list[Finding]:
                 tenant = None
                 if finding.tenant_id is not None:
                     with contextlib.suppress(Tenant.DoesNotExist):
-                        tenant = Tenant.objects.lock(finding.tenant_id)
+                        tenant = Tenant.objects.lock(pk=finding.tenant_id)
                 if not still_orphan(tenant, finding):
                     continue
                 if not _remove(finding, driver, gone):
@@ -342,13 +355,9 @@ def fix(report: Report, actor=None, driver=None) -> list[Finding]:
 
 
 def still_orphan(tenant: Tenant | None, finding: Finding) -> bool:
-    slug = None
-    if finding.kind in ("container", "network") and finding.key:
-        match = KEY_RE.fullmatch(finding.key[len(settings.RESOURCE_NAMESPACE) :])
-        slug = match["slug"] if match else None
-    if orphan_reason(tenant, finding.kind, slug=slug):
-        return True
-    return finding.kind == "schema" and tenant is not None and finding.name != tenant.schema_name
+    """The same judgement ``find_drift`` made, made again now."""
+    match = _match_key(finding.key) if finding.key else None
+    return bool(_reason(tenant, finding.kind, finding.name, slug=match["slug"] if match else None))
 
 
 def _remove(finding: Finding, driver, gone: dict[str, set[str]]) -> bool:
@@ -435,10 +444,3 @@ def banner_context() -> dict:
             "fix_command": FIX_COMMAND,
         }
     }
-
-
-def render_banner() -> str:
-    """``#drift-banner`` for the tenants list, or its empty placeholder."""
-    from django.template.loader import render_to_string
-
-    return render_to_string("tenants/_drift_banner.html", banner_context())
