@@ -93,7 +93,7 @@ def create_tenant(
 
 def request_cancel(tenant: Tenant, *, user=None, reason: str = "") -> ProvisioningRun:
     with transaction.atomic():
-        tenant = Tenant.objects.lock(tenant.pk)
+        tenant = Tenant.objects.lock(pk=tenant.pk)
         run = latest_run(tenant)
         if tenant.state != Tenant.State.PROVISIONING or run is None or not run.is_live:
             raise ActionError(
@@ -121,7 +121,7 @@ def request_cancel(tenant: Tenant, *, user=None, reason: str = "") -> Provisioni
 def reset_provisioning(tenant: Tenant, *, user=None, reason: str = "") -> ProvisioningRun:
     """Clear the latest run's state so that a retry starts from the top."""
     with transaction.atomic():
-        tenant = Tenant.objects.lock(tenant.pk)
+        tenant = Tenant.objects.lock(pk=tenant.pk)
         run = latest_run(tenant, Kind.PROVISION)
         if run is None:
             raise ActionError(f"{tenant.slug} has no provisioning run to reset")
@@ -168,7 +168,7 @@ def retry_provisioning(
 ) -> ProvisioningRun:
     """Start a new attempt, resuming after the steps whose work is still there."""
     with transaction.atomic():
-        tenant = Tenant.objects.lock(tenant.pk)
+        tenant = Tenant.objects.lock(pk=tenant.pk)
         previous = latest_run(tenant)
         if tenant.state == Tenant.State.PROVISIONING and previous and previous.is_live:
             raise AlreadyUnderWay(
@@ -227,7 +227,7 @@ def reusable_steps(previous: ProvisioningRun) -> dict[str, dict]:
 
 def decommission_tenant(tenant: Tenant, *, user=None, reason: str = "") -> ProvisioningRun:
     with transaction.atomic():
-        tenant = Tenant.objects.lock(tenant.pk)
+        tenant = Tenant.objects.lock(pk=tenant.pk)
         current = latest_run(tenant)
         if tenant.state == Tenant.State.DECOMMISSIONING and current and current.is_live:
             raise AlreadyUnderWay(f"{tenant.slug} is already being decommissioned")

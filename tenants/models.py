@@ -30,7 +30,7 @@ STATES = ["provisioning", "active", "failed", "decommissioning", "decommissioned
 
 
 class TenantQuerySet(models.QuerySet):
-    def lock(self, pk: int | None = None, **lookup) -> Tenant:
+    def lock(self, **lookup) -> Tenant:
         """Lock one tenant's row for a change to it or to any of its runs.
 
         The lock order is the tenant, then its run: operator actions, the
@@ -39,8 +39,6 @@ class TenantQuerySet(models.QuerySet):
         NO KEY UPDATE, because nothing changes a tenant's key: other
         transactions may still insert rows that reference it (audit events).
         """
-        if pk is not None:
-            lookup["pk"] = pk
         locking = self.select_for_update(no_key=True, of=("self",))
         return locking.select_related("plan").get(**lookup)
 

@@ -408,7 +408,7 @@ def test_a_cancel_racing_a_workers_write_waits_instead_of_deadlocking(plans):
     def operator():
         try:
             with transaction.atomic():
-                Tenant.objects.lock(tenant.pk)
+                Tenant.objects.lock(pk=tenant.pk)
                 holding.set()
                 time.sleep(0.5)  # the worker's write arrives in between
                 ProvisioningRun.objects.filter(pk=run.pk).update(cancel_requested=True)
