@@ -14,13 +14,12 @@ import json
 
 from django.utils import timezone
 
-from console.presenters import ACTIVE_STEP, label_of, stopped_step
 from provisioning import stall
 from provisioning.context import VerifyContext
 from provisioning.expectations import expectation
 from provisioning.models import AuditEvent, ProvisioningRun, Route, StepRun, WelcomeEmail
-from provisioning.status import current_step, iso, step_json
-from provisioning.steps import BY_ID, CREATING_STEP_IDS
+from provisioning.status import ACTIVE_STEP, current_step, iso, step_json, stopped_step
+from provisioning.steps import BY_ID, CREATING_STEP_IDS, label_of
 from tenants.models import Tenant
 
 S = StepRun.Status

@@ -19,7 +19,7 @@ from provisioning.audit import announce
 from provisioning.errors import CATEGORIES
 from provisioning.models import BannerDismissal, ProvisioningRun
 from provisioning.status import iso
-from provisioning.steps import BY_ID, STEP_IDS
+from provisioning.steps import BY_ID, position_of
 
 log = logging.getLogger("provisioning.failures")
 
@@ -73,7 +73,7 @@ def failure_json(run: ProvisioningRun, dismissed: bool) -> dict:
         "attempt": run.attempt,
         "failed_step": run.failed_step or None,
         "step_label": step.label if step else None,
-        "step_position": STEP_IDS.index(step.id) + 1 if step else None,
+        "step_position": position_of(step.id) if step else None,
         "error": run.error or None,
         "category": category,
         "category_title": title,

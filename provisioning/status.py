@@ -9,6 +9,8 @@ from provisioning.steps import STEPS
 from tenants.models import Tenant
 
 Status = StepRun.Status
+# The statuses of the step a run is busy with, in the order current_step looks.
+ACTIVE_STEP = (Status.RUNNING, Status.RETRYING, Status.COMPENSATING)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -19,7 +21,7 @@ def current_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun |
     """The step a live run is on: the one running, else the next to run."""
     if run is None or not run.is_live:
         return None
-    for wanted in (Status.RUNNING, Status.RETRYING, Status.COMPENSATING):
+    for wanted in ACTIVE_STEP:
         for step in steps:
             if step.status == wanted:
                 return step
@@ -27,6 +29,22 @@ def current_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun |
         # Decommission undoes in reverse: the next is the last not yet undone.
         return next((s for s in reversed(steps) if s.status != Status.COMPENSATED), None)
     return next((s for s in steps if s.status == Status.PENDING), None)
+
+
+def stopped_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun | None:
+    """Where a finished provisioning run stopped: its failed step, or where a cancel caught it.
+
+    A cancel records no failed step; the last step that had started is where
+    the run was when it stopped.
+    """
+    if run is None or run.is_live or run.kind != ProvisioningRun.Kind.PROVISION:
+        return None
+    if run.status != ProvisioningRun.Status.FAILED:
+        return None
+    if run.failed_step:
+        return next((s for s in steps if s.step_id == run.failed_step), None)
+    started = [s for s in steps if s.started_at is not None and s.status != Status.SKIPPED]
+    return started[-1] if started else None
 
 
 def step_json(step: StepRun) -> dict:

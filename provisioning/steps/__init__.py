@@ -31,3 +31,12 @@ CREATING_STEP_IDS = tuple(step.id for step in STEPS if step.creates)
 def step_at(position: int) -> Step:
     """Positions are 1-based, as operators read them ("Step 3/9")."""
     return STEPS[position - 1]
+
+
+def label_of(step_id: str) -> str:
+    step = BY_ID.get(step_id)
+    return step.label if step else step_id
+
+
+def position_of(step_id: str) -> int | None:
+    return STEP_IDS.index(step_id) + 1 if step_id in STEP_IDS else None
