@@ -7,6 +7,7 @@ user can type reaches a database query unchecked.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -48,6 +49,12 @@ def _split(host: str) -> tuple[str, str | None] | None:
     return match["name"].rstrip("."), match["port"]
 
 
+@functools.lru_cache(maxsize=4)
+def _base(base_domain: str) -> tuple[str, str | None] | None:
+    """BASE_DOMAIN, split once per value rather than on every request."""
+    return _split(base_domain)
+
+
 def tenant_space(host: str | None) -> str | None:
     """The part of ``host`` before ".<BASE_DOMAIN>", or None when the host is not a tenant's.
 
@@ -59,7 +66,7 @@ def tenant_space(host: str | None) -> str | None:
     """
     if not host:
         return None
-    got, base = _split(host), _split(settings.BASE_DOMAIN)
+    got, base = _split(host), _base(settings.BASE_DOMAIN)
     if got is None or base is None:
         return None
     (name, port), (base_name, base_port) = got, base
