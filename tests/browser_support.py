@@ -3,18 +3,21 @@ driven by Playwright in Debian's Chromium (never a downloaded browser)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import ROOT, Cluster, subprocess_env
+from tests.conftest import ROOT, Cluster, stop_process, subprocess_env
+
+SCREENSHOTS = os.environ.get("SCREENSHOTS_DIR")  # set to refresh docs/screenshots
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -71,19 +74,42 @@ class Daphne:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, timeout=10, group=True)
         self.log.close()
 
     def restart(self) -> None:
         """Drop every socket server-side, then serve again on the same port."""
         self.stop()
         self.start()
+
+
+@contextlib.contextmanager
+def served_console(settings, tmp_path: Path):
+    """daphne serving console.asgi on a free port, and an httpx client for it.
+
+    This process agrees on BASE_DOMAIN and starts from fresh routes and backend health.
+    """
+    from provisioning.traffic import health, routing
+
+    port = free_port()
+    settings.BASE_DOMAIN = f"localhost:{port}"
+    settings.ROUTES_FILE = str(tmp_path / "routes" / "nginx-tenants.conf")
+    routing.forget()
+    health.reset()
+    server = Daphne(tmp_path, port)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+
+
+def shot(page, name: str) -> None:
+    """A full-page screenshot for the docs, taken only when SCREENSHOTS_DIR is set."""
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
 
 
 def require_chromium() -> None:

@@ -18,6 +18,8 @@ from django.contrib.auth.models import Group, User
 from django.db import connection
 
 from provisioning import actions, engine
+from provisioning import faults as fault_specs
+from provisioning.models import StepRun
 from tenants.models import Plan, Tenant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +85,20 @@ def task_queue(db):
     broker.purge_queue()
 
 
+def new_tenant(
+    slug: str = "acme", *, plan: str = "free", org: str = "demo", user=None, faults=()
+) -> Tenant:
+    """Create a tenant as an operator would; ``faults`` are specs such as "validate:hang:2"."""
+    return actions.create_tenant(
+        slug=slug,
+        org=org,
+        plan=plan,
+        admin_email="admin@example.com",
+        user=user,
+        faults=[fault_specs.parse(spec) for spec in faults],
+    )
+
+
 def drive(tenant: Tenant) -> str:
     """Advance the tenant's latest run in this process, as a worker would."""
     run = actions.latest_run(tenant)
@@ -134,6 +150,21 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def stop_process(proc: subprocess.Popen, timeout: float, *, group: bool = False) -> None:
+    """SIGTERM the process (or its whole session with ``group``); SIGKILL all after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class Cluster:
     """A real `manage.py qcluster` on the test database."""
 
@@ -155,13 +186,7 @@ class Cluster:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)  # qcluster stops its own workers
         self.log.close()
 
 
@@ -187,6 +212,15 @@ def wait_for(predicate, timeout: float = 60, poll: float = 0.1, message: str = "
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def wait_for_step(tenant: Tenant, step_id: str, status: str = "running", timeout: float = 60):
+    """Wait until the tenant's ``step_id`` is in ``status`` (a worker is inside it)."""
+    wait_for(
+        lambda: StepRun.objects.filter(run__tenant=tenant, step_id=step_id, status=status).exists(),
+        timeout=timeout,
+        message=f"{step_id} to be {status}",
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")

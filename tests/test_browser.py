@@ -4,28 +4,19 @@ Every assertion waits on the page: the tests never reload to see a change,
 so a passing test shows the server pushed it.
 """
 
-import os
 import re
-import time
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from provisioning import actions, faults
+from provisioning import actions
 from provisioning.drivers import get_driver
 from provisioning.steps.storage import drop_schema
 from tenants.models import Tenant
+from tests.browser_support import shot
+from tests.conftest import new_tenant, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-SCREENSHOTS = os.environ.get("SCREENSHOTS_DIR")  # set to refresh docs/screenshots
-
-
-def shot(page, name):
-    if SCREENSHOTS:
-        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
 
 
 def step(page, step_id):
@@ -44,21 +35,6 @@ def cleanup(slug):
     driver.remove_replicas(tenant.key)
     driver.remove_network(tenant.key)
     drop_schema(tenant.schema_name)
-
-
-def create_with_faults(slug, *specs, plan="free"):
-    return actions.create_tenant(
-        slug=slug,
-        org="demo",
-        plan=plan,
-        admin_email="admin@example.com",
-        faults=[faults.parse(spec) for spec in specs],
-    )
-
-
-@pytest.fixture
-def faults_on(settings):
-    settings.PROVISIONING_FAULTS_ENABLED = True
 
 
 def test_an_operator_creates_a_tenant_and_watches_it_become_active(operator, open_page):
@@ -84,9 +60,11 @@ def test_an_operator_creates_a_tenant_and_watches_it_become_active(operator, ope
     cleanup("acme")
 
 
-def test_two_tabs_on_one_tenant_see_the_same_states_and_the_toast(operator, open_page, faults_on):
+def test_two_tabs_on_one_tenant_see_the_same_states_and_the_toast(
+    operator, open_page, faults_enabled
+):
     tabs = [open_page(operator, "/") for _ in range(2)]  # signed in first
-    create_with_faults("twins", "validate:hang:3")  # slow enough to open both
+    new_tenant("twins", faults=["validate:hang:3"])  # slow enough to open both
     for tab in tabs:
         tab.goto(tab.url.rstrip("/") + "/tenants/twins/")
     for tab in tabs:
@@ -99,8 +77,8 @@ def test_two_tabs_on_one_tenant_see_the_same_states_and_the_toast(operator, open
     cleanup("twins")
 
 
-def test_a_transient_fault_shows_the_retry_count(operator, open_page, faults_on):
-    create_with_faults("retry", "seed_schema:transient:2")
+def test_a_transient_fault_shows_the_retry_count(operator, open_page, faults_enabled):
+    new_tenant("retry", faults=["seed_schema:transient:2"])
     page = open_page(operator, "/tenants/retry/")
     expect(badge(page)).to_contain_text("Active", timeout=30_000)
     expect(step(page, "seed_schema")).to_contain_text("Attempt 3 of 3")
@@ -108,9 +86,9 @@ def test_a_transient_fault_shows_the_retry_count(operator, open_page, faults_on)
 
 
 def test_a_permanent_fault_shows_the_failure_and_retry_reaches_active(
-    operator, open_page, faults_on
+    operator, open_page, faults_enabled
 ):
-    create_with_faults("broken", "deploy_workloads:permanent")
+    new_tenant("broken", faults=["deploy_workloads:permanent"])
     page = open_page(operator, "/tenants/broken/")
     expect(badge(page)).to_contain_text("Failed", timeout=30_000)
     card = page.locator("#error-card")
@@ -131,8 +109,8 @@ def test_a_permanent_fault_shows_the_failure_and_retry_reaches_active(
     cleanup("broken")
 
 
-def test_cancel_during_a_hang_ends_failed_and_cancelled(operator, open_page, faults_on):
-    create_with_faults("stuck", "deploy_workloads:hang:60")
+def test_cancel_during_a_hang_ends_failed_and_cancelled(operator, open_page, faults_enabled):
+    new_tenant("stuck", faults=["deploy_workloads:hang:60"])
     page = open_page(operator, "/tenants/stuck/")
     expect(step(page, "deploy_workloads")).to_have_class(
         re.compile("step--running"), timeout=20_000
@@ -151,14 +129,12 @@ def test_cancel_during_a_hang_ends_failed_and_cancelled(operator, open_page, fau
     expect(page.locator("#error-card .resource").first).to_contain_text("Removed")
 
 
-def test_the_list_page_updates_live(operator, open_page, faults_on):
+def test_the_list_page_updates_live(operator, open_page, faults_enabled):
     page = open_page(operator, "/")
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "live")
-    tenant = actions.create_tenant(
-        slug="listed", org="demo", plan="free", admin_email="a@example.com", user=operator
-    )
-    failing = create_with_faults("doomed", "deploy_workloads:permanent", plan="pro")
-    slow = create_with_faults("slowpoke", "validate:hang:20", plan="enterprise")
+    tenant = new_tenant("listed", user=operator)
+    failing = new_tenant("doomed", plan="pro", faults=["deploy_workloads:permanent"])
+    slow = new_tenant("slowpoke", plan="enterprise", faults=["validate:hang:20"])
     row = page.locator(f"#tenant-row-{tenant.pk}")
     expect(row).to_be_visible(timeout=10_000)
     expect(row).to_contain_text("Active", timeout=30_000)
@@ -173,9 +149,9 @@ def test_the_list_page_updates_live(operator, open_page, faults_on):
 
 
 def test_after_the_server_drops_the_socket_the_page_reconnects_and_catches_up(
-    operator, open_page, console, faults_on
+    operator, open_page, console, faults_enabled
 ):
-    create_with_faults("drop", "deploy_workloads:hang:4")
+    new_tenant("drop", faults=["deploy_workloads:hang:4"])
     page = open_page(operator, "/tenants/drop/")
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "live")
     expect(step(page, "deploy_workloads")).to_have_class(
@@ -184,9 +160,12 @@ def test_after_the_server_drops_the_socket_the_page_reconnects_and_catches_up(
     console.stop()  # every socket closes server-side; the run goes on in the worker
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "reconnecting")
     # The run finishes while the page is cut off.
-    deadline = time.monotonic() + 30
-    while Tenant.objects.get(slug="drop").state != "active" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(
+        lambda: Tenant.objects.get(slug="drop").state == "active",
+        timeout=30,
+        poll=0.2,
+        message="drop to become active while the page is cut off",
+    )
     console.start()
     expect(page.locator("#live-indicator")).to_have_attribute("data-state", "live", timeout=20_000)
     expect(badge(page)).to_contain_text("Active", timeout=10_000)
@@ -194,7 +173,7 @@ def test_after_the_server_drops_the_socket_the_page_reconnects_and_catches_up(
 
 
 def test_a_viewer_sees_no_actions_and_is_refused_when_posting_one(viewer, open_page, plans):
-    create_with_faults("watched")
+    new_tenant("watched")
     page = open_page(viewer, "/tenants/watched/")
     expect(page.locator("#actions")).to_contain_text("needs the operators group")
     expect(page.locator("#actions button")).to_have_count(0)
@@ -211,19 +190,12 @@ def test_a_viewer_sees_no_actions_and_is_refused_when_posting_one(viewer, open_p
 
 
 def test_the_failure_banner_appears_live_and_a_dismissal_reaches_every_tab(
-    operator, open_page, faults_on
+    operator, open_page, faults_enabled
 ):
     tabs = [open_page(operator, "/") for _ in range(2)]
     for tab in tabs:
         expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
-    actions.create_tenant(
-        slug="sad",
-        org="demo",
-        plan="free",
-        admin_email="a@example.com",
-        user=operator,
-        faults=[faults.parse("allocate_storage:permanent")],
-    )
+    new_tenant("sad", user=operator, faults=["allocate_storage:permanent"])
     for tab in tabs:
         expect(tab.locator("#failure-banner")).to_contain_text(
             "Last attempt failed", timeout=20_000

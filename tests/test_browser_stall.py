@@ -1,27 +1,18 @@
 """In Chromium: "stalled?" appears live during a hang, and Copy diagnostics copies the bundle."""
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from provisioning import actions, faults
+from provisioning import actions
 from provisioning.models import AuditEvent
 from tenants.models import Tenant
-from tests.conftest import wait_for
+from tests.browser_support import shot
+from tests.conftest import new_tenant, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-SCREENSHOTS = os.environ.get("SCREENSHOTS_DIR")  # set to refresh docs/screenshots
-
-
-def shot(page, name):
-    if SCREENSHOTS:
-        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture
@@ -42,13 +33,7 @@ def stall_fast(settings, monkeypatch):
 def test_a_hang_on_wait_ready_shows_stalled_and_diagnostics_can_be_copied(
     stall_fast, operator, open_page
 ):
-    tenant = actions.create_tenant(
-        slug="hangs",
-        org="demo",
-        plan="free",
-        admin_email="admin@example.com",
-        faults=[faults.parse("wait_ready:hang:60")],
-    )
+    tenant = new_tenant("hangs", faults=["wait_ready:hang:60"])
     page = open_page(operator, "/tenants/hangs/")
     row = page.locator("#step-wait_ready")
     expect(row).to_have_class(re.compile("step--running"), timeout=30_000)

@@ -8,12 +8,12 @@ import time
 import pytest
 from django_q.tasks import async_task
 
-from provisioning import actions, faults
+from provisioning import actions
 from provisioning.drivers import get_driver
 from provisioning.models import AuditEvent, StepRun
 from provisioning.steps import STEP_IDS
 from tenants.models import Tenant
-from tests.conftest import ROOT, subprocess_env, wait_for
+from tests.conftest import ROOT, new_tenant, subprocess_env, wait_for, wait_for_step
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -50,13 +50,7 @@ def test_a_crashed_worker_is_resumed_without_duplicate_containers(
     plans, faults_enabled, cluster_factory
 ):
     cluster = cluster_factory(PROVISIONING_LEASE_SECONDS=5)
-    tenant = actions.create_tenant(
-        slug="crashy",
-        org="demo",
-        plan="pro",
-        admin_email="a@example.com",
-        faults=[faults.parse("deploy_workloads:crash:1")],
-    )
+    tenant = new_tenant("crashy", plan="pro", faults=["deploy_workloads:crash:1"])
     settle(tenant, timeout=90)
     assert tenant.state == "active", cluster.log_path.read_text()[-3000:]
     replicas = get_driver().list_replicas(tenant.key)
@@ -72,15 +66,9 @@ def test_a_crashed_worker_is_resumed_without_duplicate_containers(
 def test_a_task_delivered_twice_runs_each_step_once(plans, faults_enabled, cluster_factory):
     cluster_factory("first")
     cluster_factory("second")
-    tenant = actions.create_tenant(
-        slug="twice",
-        org="demo",
-        plan="free",
-        admin_email="a@example.com",
-        # A slow first step keeps the first worker inside the run while the
-        # duplicate arrives at the other cluster.
-        faults=[faults.parse("validate:hang:2")],
-    )
+    # A slow first step keeps the first worker inside the run while the
+    # duplicate arrives at the other cluster.
+    tenant = new_tenant("twice", faults=["validate:hang:2"])
     run = actions.latest_run(tenant)
     async_task("provisioning.tasks.advance_run", run.pk, task_name="duplicate-delivery")
     settle(tenant)
@@ -142,20 +130,8 @@ def test_provision_command_waits_until_active_and_prints_the_status_json(
 
 def test_cancel_command_stops_a_hanging_run_within_seconds(plans, faults_enabled, cluster_factory):
     cluster_factory()
-    tenant = actions.create_tenant(
-        slug="hangs",
-        org="demo",
-        plan="free",
-        admin_email="a@example.com",
-        faults=[faults.parse("deploy_workloads:hang:60")],
-    )
-    wait_for(
-        lambda: StepRun.objects.filter(
-            run__tenant=tenant, step_id="deploy_workloads", status="running"
-        ).exists(),
-        timeout=30,
-        message="the hang to start",
-    )
+    tenant = new_tenant("hangs", faults=["deploy_workloads:hang:60"])
+    wait_for_step(tenant, "deploy_workloads", timeout=30)
     started = time.monotonic()
     cancelled = manage("cancel_provisioning", "hangs", "--reason", "stuck")
     assert cancelled.returncode == 0, cancelled.stderr
@@ -182,9 +158,7 @@ def test_cancels_at_any_moment_of_a_run_settle_cleanly(plans, cluster_factory):
     cluster = cluster_factory()
     landed = []
     for i, delay in enumerate([0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0]):
-        tenant = actions.create_tenant(
-            slug=f"race{i}", org="demo", plan="free", admin_email="a@example.com"
-        )
+        tenant = new_tenant(f"race{i}")
         time.sleep(delay)
         try:
             actions.request_cancel(tenant)
@@ -228,13 +202,7 @@ def test_the_create_request_returns_as_fast_for_a_slow_saga_as_for_a_fast_one(
     slow = create("sleepy", "deploy_workloads:hang:30")
     sleepy = Tenant.objects.get(slug="sleepy")
     # The worker is inside the 30 s hang while the request has long returned.
-    wait_for(
-        lambda: StepRun.objects.filter(
-            run__tenant=sleepy, step_id="deploy_workloads", status="running"
-        ).exists(),
-        timeout=20,
-        message="the slow saga to reach its hang",
-    )
+    wait_for_step(sleepy, "deploy_workloads", timeout=20)
     assert slow < 2 and slow < fast + 0.5, f"fast {fast:.3f}s, slow {slow:.3f}s"
     actions.request_cancel(sleepy)
     settle(sleepy)

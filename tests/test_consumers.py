@@ -42,6 +42,13 @@ def communicator(path, cookie=None, origin=b"http://localhost:8000"):
     return WebsocketCommunicator(application, path, headers=headers)
 
 
+async def open_detail(tenant, cookie) -> tuple[WebsocketCommunicator, str]:
+    """A tenant's detail socket, connected, and the full state it sends first."""
+    ws = communicator(f"/ws/tenants/{tenant.slug}/", cookie)
+    await ws.connect()
+    return ws, await ws.receive_from(timeout=5)
+
+
 async def test_an_anonymous_socket_is_refused(plans):
     tenant = await make_tenant()
     ws = communicator(f"/ws/tenants/{tenant.slug}/")
@@ -79,15 +86,11 @@ async def test_on_connect_the_detail_socket_sends_the_full_state(operator):
 async def test_a_reconnecting_tab_catches_up_with_what_it_missed(operator):
     tenant = await make_tenant()
     cookie = await session_cookie(operator)
-    ws = communicator(f"/ws/tenants/{tenant.slug}/", cookie)
-    await ws.connect()
-    first = await ws.receive_from(timeout=5)
+    ws, first = await open_detail(tenant, cookie)
     await ws.disconnect()
     # While the tab is away, the operator cancels (the tab hears nothing).
     await database_sync_to_async(actions.request_cancel)(tenant, user=operator)
-    again = communicator(f"/ws/tenants/{tenant.slug}/", cookie)
-    await again.connect()
-    caught_up = await again.receive_from(timeout=5)
+    again, caught_up = await open_detail(tenant, cookie)
     assert caught_up != first
     assert "ancel" in caught_up  # the cancel shows without any notification
     await again.disconnect()
@@ -116,9 +119,7 @@ async def test_bad_query_parameters_fall_back_to_defaults(operator):
 
 async def test_bad_frames_get_an_error_frame_and_change_nothing(operator):
     tenant = await make_tenant()
-    ws = communicator(f"/ws/tenants/{tenant.slug}/", await session_cookie(operator))
-    await ws.connect()
-    await ws.receive_from(timeout=5)
+    ws, _ = await open_detail(tenant, await session_cookie(operator))
     for frame in ("not json", json.dumps({"action": "drop tables"}), "x" * 10_000):
         await ws.send_to(text_data=frame)
         reply = await ws.receive_from(timeout=5)
@@ -132,9 +133,7 @@ async def test_bad_frames_get_an_error_frame_and_change_nothing(operator):
 
 async def test_a_change_is_pushed_to_a_connected_tab(operator):
     tenant = await make_tenant()
-    ws = communicator(f"/ws/tenants/{tenant.slug}/", await session_cookie(operator))
-    await ws.connect()
-    await ws.receive_from(timeout=5)
+    ws, _ = await open_detail(tenant, await session_cookie(operator))
     await database_sync_to_async(actions.request_cancel)(tenant, user=operator, reason="test")
     pushed = await ws.receive_from(timeout=5)
     assert "ancel" in pushed

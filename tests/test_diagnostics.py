@@ -11,7 +11,7 @@ from provisioning import actions, diagnostics
 from provisioning import faults as fault_specs
 from provisioning.models import StepLogLine
 from tenants.models import Tenant
-from tests.conftest import drive
+from tests.conftest import drive, new_tenant
 from tests.views_support import create, fail, run_of, start
 
 
@@ -28,14 +28,7 @@ def test_failed_retried_and_failed_again_shows_both_attempts_errors_and_actions(
     plans, operator, settings, faults_enabled, fast_backoff
 ):
     settings.WORKLOAD_DRIVER = "process"
-    tenant = actions.create_tenant(
-        slug="twice",
-        org="demo",
-        plan="free",
-        admin_email="admin@example.com",
-        user=operator,
-        faults=[fault_specs.parse("seed_schema:permanent")],
-    )
+    tenant = new_tenant("twice", user=operator, faults=["seed_schema:permanent"])
     assert drive(tenant) == "failed"
     actions.reset_provisioning(tenant, user=operator, reason="start clean")
     run = actions.retry_provisioning(tenant, user=operator, reason="schema fixed, try again")

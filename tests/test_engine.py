@@ -13,22 +13,9 @@ from provisioning.status import tenant_status
 from provisioning.steps import STEP_IDS
 from provisioning.steps.schema import existing_tables
 from provisioning.steps.storage import schema_exists
-from tests.conftest import drive, drive_in_background, wait_for
+from tests.conftest import drive, drive_in_background, new_tenant, wait_for_step
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def create(slug="acme", plan="free", faults=(), user=None):
-    from provisioning import faults as fault_specs
-
-    return actions.create_tenant(
-        slug=slug,
-        org="demo",
-        plan=plan,
-        admin_email="admin@example.com",
-        user=user,
-        faults=[fault_specs.parse(spec) for spec in faults],
-    )
 
 
 def status_of(tenant):
@@ -55,7 +42,7 @@ def assert_nothing_left(tenant):
 
 def test_it_provisions_a_tenant_to_active(plans, settings, tmp_path):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    tenant = create()
+    tenant = new_tenant()
     assert drive(tenant) == "succeeded"
     tenant.refresh_from_db()
     status = status_of(tenant)
@@ -87,7 +74,7 @@ def test_it_provisions_a_tenant_to_active(plans, settings, tmp_path):
 
 
 def test_it_retries_a_transient_error_with_backoff(plans, faults_enabled, fast_backoff):
-    tenant = create(faults=["seed_schema:transient:2"])
+    tenant = new_tenant(faults=["seed_schema:transient:2"])
     drive(tenant)
     status = status_of(tenant)
     assert status["state"] == "active"
@@ -101,7 +88,7 @@ def test_it_retries_a_transient_error_with_backoff(plans, faults_enabled, fast_b
 
 
 def test_a_permanent_error_compensates_in_reverse_order(plans, faults_enabled):
-    tenant = create(faults=["deploy_workloads:permanent"])
+    tenant = new_tenant(faults=["deploy_workloads:permanent"])
     assert drive(tenant) == "failed"
     tenant.refresh_from_db()
     status = status_of(tenant)
@@ -117,7 +104,7 @@ def test_a_permanent_error_compensates_in_reverse_order(plans, faults_enabled):
 
 
 def test_transient_errors_past_the_budget_fail_the_step(plans, faults_enabled, fast_backoff):
-    tenant = create(faults=["allocate_storage:transient:10"])
+    tenant = new_tenant(faults=["allocate_storage:transient:10"])
     assert drive(tenant) == "failed"
     step = StepRun.objects.get(run__tenant=tenant, step_id="allocate_storage")
     assert step.attempts == 3  # the step's budget
@@ -126,15 +113,9 @@ def test_transient_errors_past_the_budget_fail_the_step(plans, faults_enabled, f
 
 
 def test_cancel_during_a_hang_compensates_within_seconds(plans, faults_enabled):
-    tenant = create(faults=["deploy_workloads:hang:60"])
+    tenant = new_tenant(faults=["deploy_workloads:hang:60"])
     worker, outcome = drive_in_background(tenant)
-    wait_for(
-        lambda: StepRun.objects.filter(
-            run__tenant=tenant, step_id="deploy_workloads", status="running"
-        ).exists(),
-        timeout=30,
-        message="deploy_workloads to start",
-    )
+    wait_for_step(tenant, "deploy_workloads", timeout=30)
     cancelled_at = time.monotonic()
     actions.request_cancel(tenant, reason="testing")
     worker.join(timeout=30)
@@ -150,7 +131,7 @@ def test_cancel_during_a_hang_compensates_within_seconds(plans, faults_enabled):
 
 
 def test_a_second_cancel_says_it_is_under_way_and_cancel_of_an_active_tenant_is_refused(plans):
-    tenant = create()
+    tenant = new_tenant()
     actions.request_cancel(tenant)
     with pytest.raises(actions.AlreadyUnderWay):
         actions.request_cancel(tenant)
@@ -162,7 +143,7 @@ def test_a_second_cancel_says_it_is_under_way_and_cancel_of_an_active_tenant_is_
 
 
 def test_reset_is_refused_while_a_worker_holds_the_lease(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     lease = ledger.claim(run.pk, "someone:1:x", ttl=30)
     assert lease is not None
@@ -173,7 +154,7 @@ def test_reset_is_refused_while_a_worker_holds_the_lease(plans):
 
 
 def test_reset_of_a_run_whose_worker_died_fences_that_worker(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     lease = ledger.claim(run.pk, "dead:1:x", ttl=0.01)
     time.sleep(0.05)  # the lease expires: the worker is gone
@@ -186,7 +167,7 @@ def test_reset_of_a_run_whose_worker_died_fences_that_worker(plans):
 
 
 def test_a_stale_lease_cannot_write_after_another_worker_claims(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     old = ledger.claim(run.pk, "old:1:x", ttl=0.01)
     time.sleep(0.05)
@@ -201,7 +182,7 @@ def test_a_stale_lease_cannot_write_after_another_worker_claims(plans):
 
 
 def test_a_live_lease_refuses_a_second_claim(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     assert ledger.claim(run.pk, "a:1:x", ttl=30) is not None
     assert ledger.claim(run.pk, "b:2:y", ttl=30) is None
@@ -209,7 +190,7 @@ def test_a_live_lease_refuses_a_second_claim(plans):
 
 
 def test_retry_after_compensation_starts_from_the_top(plans, faults_enabled):
-    tenant = create(faults=["deploy_workloads:permanent"])
+    tenant = new_tenant(faults=["deploy_workloads:permanent"])
     drive(tenant)
     run = actions.retry_provisioning(tenant, reason="fault removed")
     assert run.attempt == 2
@@ -224,7 +205,7 @@ def test_retry_after_compensation_starts_from_the_top(plans, faults_enabled):
 
 
 def test_retry_resumes_at_the_failed_step_when_earlier_work_is_intact(plans, faults_enabled):
-    tenant = create(faults=["deploy_workloads:permanent"])
+    tenant = new_tenant(faults=["deploy_workloads:permanent"])
     run = actions.latest_run(tenant)
     # Run the first five steps, then fail as a worker would if compensation
     # never happened (for example the worker died and the run was reset... no:
@@ -247,7 +228,7 @@ def test_retry_resumes_at_the_failed_step_when_earlier_work_is_intact(plans, fau
 
 
 def test_retry_after_reset_starts_from_the_top_even_if_work_is_intact(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     lease = ledger.claim(run.pk, "w:1:x", ttl=30)
     state = engine.RunState(lease)
@@ -262,7 +243,7 @@ def test_retry_after_reset_starts_from_the_top_even_if_work_is_intact(plans):
 
 
 def test_retry_past_three_failures_needs_force(plans, faults_enabled):
-    tenant = create(faults=["validate:permanent"])
+    tenant = new_tenant(faults=["validate:permanent"])
     drive(tenant)
     for _ in range(2):
         run = actions.retry_provisioning(tenant)
@@ -284,7 +265,7 @@ def test_retry_past_three_failures_needs_force(plans, faults_enabled):
 
 
 def test_operations_in_the_wrong_state_are_refused_and_change_nothing(plans):
-    tenant = create()
+    tenant = new_tenant()
     before = AuditEvent.objects.count()
     with pytest.raises(actions.AlreadyUnderWay, match="already provisioning"):
         actions.retry_provisioning(tenant)
@@ -299,7 +280,7 @@ def test_operations_in_the_wrong_state_are_refused_and_change_nothing(plans):
 
 
 def test_decommission_frees_the_slug(plans):
-    tenant = create()
+    tenant = new_tenant()
     drive(tenant)
     actions.decommission_tenant(tenant, reason="done")
     assert drive(tenant) == "decommissioned"
@@ -308,7 +289,7 @@ def test_decommission_frees_the_slug(plans):
     assert_nothing_left(tenant)
     types = [t for t, _ in events(tenant)]
     assert types[-1] == "tenant.decommission.completed"
-    again = create()
+    again = new_tenant()
     assert again.pk != tenant.pk
     with pytest.raises(actions.ActionError, match="already decommissioned"):
         actions.decommission_tenant(tenant)
@@ -319,7 +300,7 @@ def test_decommission_frees_the_slug(plans):
 
 def test_welcome_emails_are_never_sent_twice(plans, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    tenant = create()
+    tenant = new_tenant()
     drive(tenant)
     assert len(mail.outbox) == 3
     run = actions.latest_run(tenant)
@@ -335,7 +316,7 @@ def test_welcome_emails_are_never_sent_twice(plans, settings):
 
 
 def test_a_run_whose_recorded_steps_no_longer_match_the_code_refuses_to_go_on(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     StepRun.objects.filter(run=run, position=2).update(step_id="renamed_step")
     with pytest.raises(engine.StepMismatch):
@@ -343,7 +324,7 @@ def test_a_run_whose_recorded_steps_no_longer_match_the_code_refuses_to_go_on(pl
 
 
 def test_an_expired_lease_cannot_write_even_when_nobody_claimed_the_run(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     lease = ledger.claim(run.pk, "slow:1:x", ttl=0.01)
     time.sleep(0.05)
@@ -354,7 +335,7 @@ def test_an_expired_lease_cannot_write_even_when_nobody_claimed_the_run(plans):
 def test_progress_and_results_are_refused_once_cancel_is_requested(plans):
     from provisioning.errors import Cancelled
 
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     lease = ledger.claim(run.pk, "w:1:x", ttl=30)
     step = run.steps.get(position=1)
@@ -370,7 +351,7 @@ def test_progress_and_results_are_refused_once_cancel_is_requested(plans):
 
 
 def test_decommission_waits_for_a_run_that_is_still_finishing(plans):
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     # Active, but the run is still sending welcome emails.
     tenant.__class__.objects.filter(pk=tenant.pk).update(state="active")
@@ -399,7 +380,7 @@ def test_a_cancel_racing_a_workers_write_waits_instead_of_deadlocking(plans):
     from provisioning.errors import Cancelled
     from tenants.models import Tenant
 
-    tenant = create()
+    tenant = new_tenant()
     run = actions.latest_run(tenant)
     lease = ledger.claim(run.pk, "w:1:x", ttl=30)
     step = run.steps.get(position=1)

@@ -1,6 +1,7 @@
 """The per-process live hub: LISTEN/NOTIFY fan-out, coalescing, reconnect, resync."""
 
 import asyncio
+import contextlib
 
 import pytest
 from channels.db import database_sync_to_async
@@ -47,23 +48,23 @@ def notify(topics):
         announce(topics)
 
 
-async def started_hub(*subscribers) -> Hub:
+@contextlib.asynccontextmanager
+async def running_hub(*subscribers):
+    """A hub with ``subscribers`` whose listener is connected; stopped on leaving."""
     hub = Hub()
     for subscriber in subscribers:
         hub.add(subscriber)
     await asyncio.wait_for(hub.connected.wait(), 10)
-    return hub
-
-
-async def stop(hub: Hub):
-    await hub.stop()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
 
 
 async def test_a_notification_reaches_every_subscriber_of_its_topic_only():
     first, second = FakeSubscriber({"tenant-1"}), FakeSubscriber({"tenant-1"})
     other = FakeSubscriber({"tenant-2"}, key=("other",))
-    hub = await started_hub(first, second, other)
-    try:
+    async with running_hub(first, second, other):
         await notify(["tenant-1"])
         await wait_delivery(first)
         await wait_delivery(second)
@@ -71,69 +72,58 @@ async def test_a_notification_reaches_every_subscriber_of_its_topic_only():
         # One render for both sockets: they share a render key.
         assert first.renders + second.renders == 1
         assert first.delivered == second.delivered
-    finally:
-        await stop(hub)
 
 
 async def test_a_rolled_back_change_is_never_pushed():
     subscriber = FakeSubscriber({"audit"})
-    hub = await started_hub(subscriber)
-    try:
 
-        @database_sync_to_async
-        def rolled_back():
-            with pytest.raises(RuntimeError), transaction.atomic():
-                record_event("tenant.created")
-                raise RuntimeError
+    @database_sync_to_async
+    def rolled_back():
+        with pytest.raises(RuntimeError), transaction.atomic():
+            record_event("tenant.created")
+            raise RuntimeError
 
+    async with running_hub(subscriber):
         await rolled_back()
         await asyncio.sleep(0.5)
         assert subscriber.delivered == []
-    finally:
-        await stop(hub)
 
 
 async def test_a_burst_of_notifications_renders_once():
     subscriber = FakeSubscriber({"tenants"})
-    hub = await started_hub(subscriber)
-    try:
 
-        @database_sync_to_async
-        def burst():
-            for _ in range(20):
-                with transaction.atomic():
-                    announce(["tenants"])
+    @database_sync_to_async
+    def burst():
+        for _ in range(20):
+            with transaction.atomic():
+                announce(["tenants"])
 
+    async with running_hub(subscriber):
         await burst()
         await wait_delivery(subscriber)
         await asyncio.sleep(0.3)
         assert subscriber.renders <= 3
-    finally:
-        await stop(hub)
 
 
 async def test_the_listener_reconnects_and_refreshes_everyone(monkeypatch):
     monkeypatch.setattr(hub_module, "BACKOFF_START", 0.1)
     subscriber = FakeSubscriber({"tenant-9"})
-    hub = await started_hub(subscriber)
-    try:
 
-        @database_sync_to_async
-        def kill_listener():
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = 'tenant-console-listener' "
-                    "AND datname = current_database()"
-                )
+    @database_sync_to_async
+    def kill_listener():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'tenant-console-listener' "
+                "AND datname = current_database()"
+            )
 
+    async with running_hub(subscriber) as hub:
         await kill_listener()
         await wait_delivery(subscriber, timeout=10)  # the full refresh after reconnect
         assert hub.listener_generation == 2
         await notify(["tenant-9"])
         await wait_delivery(subscriber)
-    finally:
-        await stop(hub)
 
 
 async def test_while_a_run_is_live_pages_resync_without_any_notification(plans, monkeypatch):
@@ -142,9 +132,7 @@ async def test_while_a_run_is_live_pages_resync_without_any_notification(plans, 
         slug="acme", org="demo", plan="free", admin_email="a@example.com"
     )
     subscriber = FakeSubscriber({f"tenant-{tenant.pk}"})
-    hub = await started_hub(subscriber)
-    try:
+    async with running_hub(subscriber):
         await wait_delivery(subscriber, timeout=5)
         assert subscriber.renders >= 1
-    finally:
-        await stop(hub)
+

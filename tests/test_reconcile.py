@@ -19,7 +19,7 @@ from provisioning.drivers.base import LABEL_KEY, LABEL_TENANT, Network, Replica
 from provisioning.models import AuditEvent, ReconcileReport, Route
 from provisioning.steps.storage import MARKER, drop_schema, schema_exists
 from tenants.models import Tenant
-from tests.conftest import drive
+from tests.conftest import drive, new_tenant
 from tests.docker_support import require_docker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,12 +30,6 @@ GHOST_SCHEMA = f"t{GHOST_ID}_ghost"
 
 def ghost_key(settings) -> str:
     return f"{settings.RESOURCE_NAMESPACE}t{GHOST_ID}-ghost"
-
-
-def create(slug="acme", plan="free"):
-    return actions.create_tenant(
-        slug=slug, org="demo", plan=plan, admin_email="admin@example.com", user=None
-    )
 
 
 def create_ghost_schema():
@@ -69,7 +63,7 @@ def docker(settings, plans):
 
 @pytest.fixture
 def active_tenant(docker):
-    tenant = create()
+    tenant = new_tenant()
     assert drive(tenant) == "succeeded"
     tenant.refresh_from_db()
     assert tenant.state == "active"
@@ -239,7 +233,7 @@ def test_only_this_installations_names_are_considered(settings, plans):
 
 
 def test_routes_and_resources_of_dead_tenants_are_orphans_but_live_ones_are_not(plans):
-    failed, gone, live = create("failed1"), create("gone1"), create("live1")
+    failed, gone, live = new_tenant("failed1"), new_tenant("gone1"), new_tenant("live1")
     for tenant in (failed, gone, live):
         Route.objects.create(tenant=tenant, hostname=tenant.hostname)
     run = actions.latest_run(failed)

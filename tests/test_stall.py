@@ -7,9 +7,8 @@ from django.utils import timezone
 
 from console import fragments, presenters
 from provisioning import actions, expectations, ledger, stall
-from provisioning import faults as fault_specs
 from provisioning.models import AuditEvent, StepRun
-from tests.conftest import drive_in_background, wait_for
+from tests.conftest import drive_in_background, new_tenant, wait_for
 from tests.views_support import create, run_of, start
 
 
@@ -117,14 +116,7 @@ def test_a_hang_on_wait_ready_is_flagged_within_the_detection_interval(
     settings.PROVISIONING_STALL_WAIT_FLOOR_SECONDS = 1.5
     threshold = stall.threshold("wait_ready", plans["free"])
     assert threshold == 1.5
-    tenant = actions.create_tenant(
-        slug="stall",
-        org="demo",
-        plan="free",
-        admin_email="admin@example.com",
-        user=operator,
-        faults=[fault_specs.parse("wait_ready:hang:5")],
-    )
+    tenant = new_tenant("stall", user=operator, faults=["wait_ready:hang:5"])
     worker, outcome = drive_in_background(tenant)
     try:
         event = wait_for(

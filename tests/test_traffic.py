@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 
 from provisioning import actions
 from provisioning.drivers import get_driver
 from provisioning.models import Route, StepRun
-from provisioning.traffic import export, health, routing
-from tests.browser_support import Daphne, free_port
-from tests.conftest import drive, drive_in_background, wait_for
+from provisioning.traffic import export, routing
+from tests.browser_support import served_console
+from tests.conftest import drive, drive_in_background, new_tenant, wait_for, wait_for_step
 from tests.docker_support import require_docker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.docker]
-
-
-def create(slug, plan="free", faults=()):
-    from provisioning import faults as fault_specs
-
-    return actions.create_tenant(
-        slug=slug,
-        org="demo",
-        plan=plan,
-        admin_email="admin@example.com",
-        faults=[fault_specs.parse(spec) for spec in faults],
-    )
 
 
 def decommission(tenant):
@@ -40,17 +27,9 @@ def decommission(tenant):
 def served(settings, tmp_path, plans):
     """daphne serving console.asgi on a free port; this process agrees on BASE_DOMAIN."""
     require_docker()
-    port = free_port()
-    settings.BASE_DOMAIN = f"localhost:{port}"
-    settings.ROUTES_FILE = str(tmp_path / "routes" / "nginx-tenants.conf")
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    routing.forget()
-    health.reset()
-    server = Daphne(tmp_path, port)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10)
-    yield server, client
-    client.close()
-    server.stop()
+    with served_console(settings, tmp_path) as server_and_client:
+        yield server_and_client
 
 
 def get(client, host, path="/"):
@@ -63,7 +42,7 @@ def replica_of(response) -> str:
 
 def test_an_enterprise_tenant_is_served_at_its_subdomain_across_replicas(served):
     server, client = served
-    tenant = create("acme", plan="enterprise")
+    tenant = new_tenant("acme", plan="enterprise")
     host = tenant.hostname
     assert host == f"acme-demo.localhost:{server.port}"
 
@@ -115,20 +94,13 @@ def test_an_enterprise_tenant_is_served_at_its_subdomain_across_replicas(served)
     assert f"tenant_{tenant.pk}" not in export.routes_path().read_text()
 
 
-def test_a_tenant_hanging_in_wait_ready_is_503_even_with_replicas_up(served, settings):
+def test_a_tenant_hanging_in_wait_ready_is_503_even_with_replicas_up(served, faults_enabled):
     """Replicas running and a route with backends are not enough: 503 until active."""
     server, client = served
-    settings.PROVISIONING_FAULTS_ENABLED = True
-    tenant = create("hangs", faults=["wait_ready:hang:60"])
+    tenant = new_tenant("hangs", faults=["wait_ready:hang:60"])
     worker, outcome = drive_in_background(tenant)
     try:
-        wait_for(
-            lambda: StepRun.objects.filter(
-                run__tenant=tenant, step_id="wait_ready", status="running"
-            ).exists(),
-            timeout=60,
-            message="wait_ready to start",
-        )
+        wait_for_step(tenant, "wait_ready", timeout=60)
         assert Route.objects.get(tenant=tenant).backends
         answer = get(client, tenant.hostname)
         assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
@@ -153,10 +125,9 @@ def test_unknown_and_odd_hosts_never_get_a_500(served):
     assert client.get("/healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
 
 
-def test_a_failed_tenant_is_404_and_provisioning_is_503(served, settings):
+def test_a_failed_tenant_is_404_and_provisioning_is_503(served, faults_enabled):
     server, client = served
-    settings.PROVISIONING_FAULTS_ENABLED = True
-    tenant = create("broken", faults=["allocate_storage:permanent"])
+    tenant = new_tenant("broken", faults=["allocate_storage:permanent"])
     assert get(client, tenant.hostname).status_code == 503
     assert drive(tenant) == "failed"
     routing.forget()
@@ -167,7 +138,7 @@ def test_verification_through_a_real_url_uses_the_console(served, settings):
     """TRAFFIC_VERIFY_URL: mark_active checks through daphne, as an edge would."""
     server, client = served
     settings.TRAFFIC_VERIFY_URL = f"http://127.0.0.1:{server.port}"
-    tenant = create("edge")
+    tenant = new_tenant("edge")
     try:
         assert drive(tenant) == "succeeded"
         step = StepRun.objects.get(run__tenant=tenant, step_id="mark_active")

@@ -8,14 +8,13 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
 from provisioning.models import Route
 from provisioning.traffic import export, health, routing
 from provisioning.traffic.verify import verify_tenant
 from tenants.models import Tenant
-from tests.browser_support import Daphne, free_port
+from tests.browser_support import free_port, served_console
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -76,16 +75,8 @@ def echo_servers():
 
 @pytest.fixture
 def served(settings, tmp_path, plans):
-    port = free_port()
-    settings.BASE_DOMAIN = f"localhost:{port}"
-    settings.ROUTES_FILE = str(tmp_path / "routes" / "nginx-tenants.conf")
-    routing.forget()
-    health.reset()
-    server = Daphne(tmp_path, port)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10)
-    yield server, client
-    client.close()
-    server.stop()
+    with served_console(settings, tmp_path) as server_and_client:
+        yield server_and_client
 
 
 def tenant_with_route(plans, backends, *, slug="echo", state="active", enabled=True):

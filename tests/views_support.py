@@ -15,6 +15,7 @@ from provisioning.audit import record_event
 from provisioning.models import ProvisioningRun, StepRun
 from provisioning.steps import STEP_IDS
 from tenants.models import Tenant
+from tests.conftest import new_tenant
 
 OUTPUTS = {
     "validate": {"slug": "x", "plan": "free"},
@@ -27,9 +28,7 @@ OUTPUTS = {
 
 
 def create(user, slug="acme", plan="free", org="demo") -> Tenant:
-    return actions.create_tenant(
-        slug=slug, org=org, plan=plan, admin_email="admin@example.com", user=user
-    )
+    return new_tenant(slug, plan=plan, org=org, user=user)
 
 
 def run_of(tenant: Tenant) -> ProvisioningRun:
