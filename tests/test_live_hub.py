@@ -136,3 +136,34 @@ async def test_while_a_run_is_live_pages_resync_without_any_notification(plans, 
         await wait_delivery(subscriber, timeout=5)
         assert subscriber.renders >= 1
 
+
+async def test_a_change_landing_while_a_socket_renders_its_first_state_is_pushed_after():
+    """A consumer reads ``notified``, renders, then joins: what came in between is re-sent."""
+    async with running_hub(FakeSubscriber({"audit"})) as hub:
+        quiet = FakeSubscriber({"tenant-4"})
+        hub.join(quiet, hub.notified)  # nothing arrived since: nothing to re-send
+        late = FakeSubscriber({"tenant-5"}, key=("late",))
+        since = hub.notified
+        await notify(["tenant-5"])  # lands after the first render, before joining
+        for _ in range(100):
+            if hub.notified > since:
+                break
+            await asyncio.sleep(0.05)
+        assert hub.notified > since
+        hub.join(late, since)
+        await wait_delivery(late)
+        await asyncio.sleep(0.3)
+        assert quiet.delivered == []
+
+
+async def test_the_first_socket_is_rendered_again_once_the_listener_listens():
+    """Before LISTEN nothing is heard, so a change then could miss the first render."""
+    hub = Hub()
+    first = FakeSubscriber({"tenant-6"})
+    try:
+        hub.join(first, hub.notified)  # starts the listener
+        await asyncio.wait_for(hub.connected.wait(), 10)
+        await wait_delivery(first)
+        assert first.renders == 1
+    finally:
+        await hub.stop()

@@ -46,9 +46,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=REJECT_NOT_FOUND)
             return
         await self.accept()
+        hub = get_hub()
+        since = hub.notified
         await self.deliver(await database_sync_to_async(self.render)())
-        self.hub = get_hub()
-        self.hub.add(self)
+        hub.join(self, since)
+        self.hub = hub
 
     async def disconnect(self, code) -> None:
         hub = getattr(self, "hub", None)

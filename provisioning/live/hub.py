@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Protocol
@@ -71,12 +72,30 @@ class Hub:
         self.tasks: list[asyncio.Task] = []
         self.connected = asyncio.Event()
         self.listener_generation = 0  # bumps on every (re)connect, for tests
+        self.notified = 0  # notifications received, whoever they were for
+        self.joined_unheard: set[str] = set()  # topics joined while not listening
 
     # -- registry ---------------------------------------------------------
     def add(self, subscriber: Subscriber) -> None:
         for topic in subscriber.topics:
             self.subscribers[topic].add(subscriber)
         self._ensure_running()
+
+    def join(self, subscriber: Subscriber, since: int) -> None:
+        """Add a subscriber that has just been sent its state, rendered after ``since``.
+
+        A notification that arrived between ``since`` (``self.notified`` read
+        before that render) and now was not for this subscriber yet, and its
+        change may have missed the render: render it again, or the page could
+        stay behind with no later change to bring it up to date.
+        """
+        self.add(subscriber)
+        if not self.connected.is_set():
+            # Not listening yet (the first socket starts the listener): what
+            # commits before LISTEN is unheard, so render again once it listens.
+            self.joined_unheard |= subscriber.topics
+        elif self.notified != since:
+            self.mark(subscriber.topics)
 
     def remove(self, subscriber: Subscriber) -> None:
         for topic in subscriber.topics:
@@ -85,11 +104,15 @@ class Hub:
                 del self.subscribers[topic]
 
     def mark(self, topics, seq: int | None = None) -> None:
-        self.dirty.update(t for t in topics if t in self.subscribers)
+        wanted = {t for t in topics if t in self.subscribers}
+        if not wanted:
+            # Nobody here shows these topics: nothing to render, no toast to keep
+            # (a kept seq would only pile up, or toast late to a newcomer).
+            return
+        self.dirty |= wanted
         if seq is not None:
             self.seqs.add(seq)
-        if self.dirty:
-            self.wake.set()
+        self.wake.set()
 
     # -- tasks ------------------------------------------------------------
     def _ensure_running(self) -> None:
@@ -121,6 +144,9 @@ class Hub:
                     if self.listener_generation > 1:
                         # Notifications sent while we were away are lost: refresh all.
                         self.mark(list(self.subscribers))
+                    elif self.joined_unheard:
+                        self.mark(self.joined_unheard)
+                    self.joined_unheard = set()
                     delay = BACKOFF_START
                     async for notify in conn.notifies():
                         self._on_notify(notify.payload)
@@ -133,6 +159,7 @@ class Hub:
                 delay = min(BACKOFF_MAX, delay * 2)
 
     def _on_notify(self, payload: str) -> None:
+        self.notified += 1
         try:
             data = json.loads(payload)
             topics = [str(t) for t in data.get("topics", [])]
@@ -210,12 +237,14 @@ def _toasts_for(seqs: list[int]) -> dict[str, str]:
     return {topic: html for topic, evs in by_topic.items() if (html := toast_fragments(evs))}
 
 
-_hubs: dict[int, Hub] = {}
+# One hub per event loop, keyed by the loop itself (not its id, which a later
+# loop may reuse); daphne runs one loop per process.
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
 
 
 async def stop_hub() -> None:
     """Stop the running loop's hub, if any (tests; daphne just exits)."""
-    hub = _hubs.pop(id(asyncio.get_running_loop()), None)
+    hub = _hubs.pop(asyncio.get_running_loop(), None)
     if hub is not None:
         await hub.stop()
 
@@ -223,9 +252,7 @@ async def stop_hub() -> None:
 def get_hub() -> Hub:
     """The hub of the running event loop (one per daphne process in production)."""
     loop = asyncio.get_running_loop()
-    hub = _hubs.get(id(loop))
-    if hub is None or getattr(hub, "_loop", None) is not loop:
-        hub = Hub()
-        hub._loop = loop
-        _hubs[id(loop)] = hub
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = Hub()
     return hub
