@@ -16,7 +16,6 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 
 from console import presenters
-from provisioning.failures import recent_failures
 from provisioning.models import AuditEvent
 from tenants.filters import audit_filters, list_filters
 from tenants.models import Tenant
@@ -64,15 +63,9 @@ def list_fragments(*, role: str, state: str = "", q: str = "") -> str:
     )
 
 
-def banner_context(user) -> dict:
-    failures, degraded = recent_failures(user, hours=24, limit=1)
-    failure = failures[0] if failures and not failures[0]["dismissed"] else None
-    return {"failure": failure, "banner_degraded": degraded}
-
-
 def banner_fragment(user) -> str:
     """``#failure-banner``: the user's latest failure in 24 h, or an empty placeholder."""
-    return render_to_string("tenants/_failure_banner.html", banner_context(user))
+    return render_to_string("tenants/_failure_banner.html", presenters.banner_context(user))
 
 
 def audit_fragments(*, type_prefix: str = "", tenant: str = "", page: int = 1) -> str:

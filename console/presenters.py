@@ -19,19 +19,18 @@ from django.utils import timezone
 from provisioning import actions, stall
 from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
+from provisioning.failures import recent_failures
 from provisioning.models import AuditEvent, ProvisioningRun, StepLogLine, StepRun, latest_run
-from provisioning.status import current_step, iso
-from provisioning.steps import BY_ID, CREATING_STEP_IDS, STEPS
+from provisioning.status import ACTIVE_STEP, current_step, iso, stopped_step
+from provisioning.steps import BY_ID, CREATING_STEP_IDS, TOTAL, label_of, position_of
 from tenants.filters import ALL, audit_query
 from tenants.models import Tenant
 
 S = StepRun.Status
 RunStatus = ProvisioningRun.Status
 Kind = ProvisioningRun.Kind
-TOTAL = len(STEPS)
 
 DONE = (S.SUCCEEDED, S.SKIPPED)
-ACTIVE_STEP = (S.RUNNING, S.RETRYING, S.COMPENSATING)
 LOG_LINES_SHOWN = 200
 EVENTS_ON_DETAIL = 30
 AUDIT_PAGE_SIZE = 50
@@ -77,16 +76,10 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
-def label_of(step_id: str) -> str:
-    step = BY_ID.get(step_id)
-    return step.label if step else step_id
-
-
-def position_of(step_id: str) -> int | None:
-    for position, step in enumerate(STEPS, start=1):
-        if step.id == step_id:
-            return position
-    return None
+def flagged_stall(step: StepRun, plan, now: datetime | None = None) -> stall.Verdict | None:
+    """The step's stall verdict when it counts as stalled: by the clock, or marked by a worker."""
+    found = stall.verdict(step, plan, now)
+    return found if found and (found.stalled or step.stalled_at) else None
 
 
 # ---------------------------------------------------------------- runs and steps
@@ -101,22 +94,6 @@ def steps_of(run: ProvisioningRun | None, *, with_logs: bool = False) -> list[St
             Prefetch("log_lines", queryset=StepLogLine.objects.order_by("id"))
         )
     return list(steps)
-
-
-def stopped_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun | None:
-    """Where a finished provisioning run stopped: its failed step, or where a cancel caught it.
-
-    A cancel records no failed step; the last step that had started is where
-    the run was when it stopped.
-    """
-    if run is None or run.is_live or run.kind != Kind.PROVISION:
-        return None
-    if run.status != RunStatus.FAILED:
-        return None
-    if run.failed_step:
-        return next((s for s in steps if s.step_id == run.failed_step), None)
-    started = [s for s in steps if s.started_at is not None and s.status != S.SKIPPED]
-    return started[-1] if started else None
 
 
 def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]) -> dict:
@@ -156,8 +133,8 @@ def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRu
         summary["since"] = iso(current.started_at or run.started_at or run.created_at)
         summary["tone"] = "busy"
         if run.kind == Kind.PROVISION and run.status == RunStatus.RUNNING:
-            found = stall.verdict(current, tenant.plan)
-            if found and (found.stalled or current.stalled_at):
+            found = flagged_stall(current, tenant.plan)
+            if found:
                 summary["stalled"] = True
                 summary["stall_title"] = (
                     f"Running {fmt_duration(found.elapsed)}; usually ~{fmt_duration(found.median)} "
@@ -261,10 +238,7 @@ class StepRow:
     css: str
     status_text: str
     spinner: bool
-    attempts: int
-    max_attempts: int
     started_at: datetime | None
-    finished_at: datetime | None
     duration: str
     error: str
     error_title: str
@@ -274,7 +248,6 @@ class StepRow:
     log_lines: list = field(default_factory=list)
     log_hidden: int = 0
     open_log: bool = False
-    was_failing: bool = False
     attempt_text: str = ""
     expected: str = ""
     stalled: bool = False
@@ -313,13 +286,11 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
             attempt_text = f"Attempt {step.attempts} of {max_attempts} failed"
         elif step.attempts > 1 or (live and step.status == S.RUNNING and max_attempts > 1):
             attempt_text = f"Attempt {step.attempts} of {max_attempts}"
-        expected = stalled = ""
-        stall_text = runbook = ""
+        expected = stall_text = runbook = ""
         if provisioning and step.status in (S.PENDING, S.RUNNING, S.RETRYING, S.SUCCEEDED):
             expected = f"expected ~{fmt_duration(expected_seconds(step.step_id, tenant.plan))}"
-        found = stall.verdict(step, tenant.plan, now) if watching else None
-        if found and (found.stalled or step.stalled_at):
-            stalled = True
+        found = flagged_stall(step, tenant.plan, now) if watching else None
+        if found:
             stall_text = (
                 f"Running for {fmt_duration(found.elapsed)}, well past the usual "
                 f"~{fmt_duration(found.median)} (p95 {fmt_duration(found.p95)}; "
@@ -336,10 +307,7 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
                 css=css,
                 status_text=text,
                 spinner=live,
-                attempts=step.attempts,
-                max_attempts=max_attempts,
                 started_at=step.started_at,
-                finished_at=step.finished_at,
                 duration=fmt_duration(step.duration_s),
                 error=step.error,
                 error_title=CATEGORIES.get(category, CATEGORIES["unknown"])[0]
@@ -359,10 +327,9 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
                 log_lines=lines[hidden:],
                 log_hidden=hidden,
                 open_log=step.status == S.FAILED or (was_failing and not cancelled),
-                was_failing=was_failing,
                 attempt_text=attempt_text,
                 expected=expected,
-                stalled=bool(stalled),
+                stalled=found is not None,
                 stall_text=stall_text,
                 runbook=runbook,
             )
@@ -618,6 +585,13 @@ def detail_context(tenant: Tenant, role: str) -> dict:
         "events_total": tenant.events.count(),
         "now_iso": iso(timezone.now()),
     }
+
+
+def banner_context(user) -> dict:
+    """The "Last attempt failed" banner: the user's latest failure (24 h), unless dismissed."""
+    failures, degraded = recent_failures(user)
+    failure = failures[0] if failures and not failures[0]["dismissed"] else None
+    return {"failure": failure, "banner_degraded": degraded}
 
 
 def tenant_rows(*, state: str = "", q: str = "") -> dict:

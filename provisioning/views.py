@@ -1,6 +1,6 @@
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -16,9 +16,20 @@ from provisioning.failures import (
 )
 from provisioning.models import ProvisioningRun
 from provisioning.status import tenant_status
-from tenants.access import role_of
+from tenants.access import get_tenant_for_user, role_of
 from tenants.filters import audit_filters, audit_query
-from tenants.lookup import find_tenant
+
+# Suggestions for the audit feed's type filter.
+AUDIT_PREFIXES = [
+    "tenant.",
+    "tenant.created",
+    "tenant.provisioning.*",
+    "tenant.provisioning.step_",
+    "tenant.provisioning.completed",
+    "tenant.provisioning.failed",
+    "tenant.provisioning.cancel",
+    "tenant.decommission.*",
+]
 
 
 @require_GET
@@ -34,10 +45,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @login_required
 @require_GET
 def tenant_status_api(request: HttpRequest, slug: str) -> JsonResponse:
-    tenant = find_tenant(slug)
-    if tenant is None:
-        raise Http404("No tenant with that slug")
-    return JsonResponse(tenant_status(tenant))
+    return JsonResponse(tenant_status(get_tenant_for_user(request, slug)))
 
 
 @login_required
@@ -82,15 +90,3 @@ def audit_feed(request: HttpRequest) -> HttpResponse:
         "type_prefixes": AUDIT_PREFIXES,
     }
     return render(request, "audit/list.html", context)
-
-
-AUDIT_PREFIXES = [
-    "tenant.",
-    "tenant.created",
-    "tenant.provisioning.*",
-    "tenant.provisioning.step_",
-    "tenant.provisioning.completed",
-    "tenant.provisioning.failed",
-    "tenant.provisioning.cancel",
-    "tenant.decommission.*",
-]

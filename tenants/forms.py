@@ -6,8 +6,9 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from provisioning import actions
 from provisioning import faults as fault_specs
-from tenants.models import Plan
+from tenants.models import Plan, Tenant
 from tenants.validation import validate_request
 
 
@@ -126,12 +127,36 @@ class TenantForm(forms.Form):
 
 
 class ActionForm(forms.Form):
+    """An action dialog: an optional reason for the audit log, about ``tenant``."""
+
     reason = forms.CharField(required=False, max_length=500, strip=True)
+
+    def __init__(self, *args, tenant: Tenant, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
 
 
 class RetryForm(ActionForm):
     force = forms.BooleanField(required=False)
 
+    def clean(self):
+        data = super().clean()
+        # Past the failed-attempts limit, the dialog asks to confirm "retry anyway".
+        if not self.errors and not data["force"] and actions.needs_force(self.tenant):
+            raise ValidationError(
+                f"{self.tenant.slug} has failed {actions.failed_attempts(self.tenant)} times: "
+                "read the error, then confirm “retry anyway” to try again."
+            )
+        return data
+
 
 class DecommissionForm(ActionForm):
     confirm_slug = forms.CharField(required=False, max_length=60, strip=True)
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors and data["confirm_slug"] != self.tenant.slug:
+            raise ValidationError(
+                f"Type the slug {self.tenant.slug} exactly to decommission it; nothing was changed."
+            )
+        return data

@@ -21,7 +21,7 @@ from provisioning import actions, diagnostics, dryrun
 from tenants.access import get_tenant_for_user, role_of
 from tenants.filters import list_filters, list_query
 from tenants.forms import ActionForm, DecommissionForm, RetryForm, TenantForm
-from tenants.models import STATES, Tenant
+from tenants.models import Tenant
 
 
 @login_required
@@ -31,11 +31,11 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
     query = list_query(filters)
     context = {
         **presenters.tenant_rows(**filters),
-        **fragments.banner_context(request.user),
+        **presenters.banner_context(request.user),
         "role": role_of(request.user),
         "nav": "tenants",
         "filters": filters,
-        "states": [(s, Tenant.State(s).label) for s in STATES],
+        "states": Tenant.State.choices,
         "ws_url": "/ws/tenants/" + (f"?{query}" if query else ""),
     }
     return render(request, "tenants/list.html", context)
@@ -104,91 +104,81 @@ def _finish(request: HttpRequest, tenant: Tenant, level: int, text: str) -> Http
 
 def _act(
     request: HttpRequest,
-    tenant: Tenant,
-    form: ActionForm,
-    action: Callable[[str], object],
+    slug: str,
+    form_class: type[ActionForm],
+    action: Callable[[Tenant, dict], object],
     done: str,
 ) -> HttpResponse:
+    """Check the dialog's form, run ``action(tenant, cleaned_data)``, and say how it went.
+
+    ``done`` is the success message; ``{slug}`` in it is the tenant's slug.
+    """
+    tenant = get_tenant_for_user(request, slug, write=True)
+    form = form_class(request.POST, tenant=tenant)
     if not form.is_valid():
         problems = "; ".join(e for errors in form.errors.values() for e in errors)
         return _finish(request, tenant, messages.ERROR, problems)
     try:
-        action(form.cleaned_data["reason"])
+        action(tenant, form.cleaned_data)
     except actions.AlreadyUnderWay as exc:
         # A second click, or another operator got there first: not an error.
         return _finish(request, tenant, messages.INFO, str(exc))
     except actions.ActionError as exc:
         return _finish(request, tenant, messages.ERROR, str(exc))
-    return _finish(request, tenant, messages.SUCCESS, done)
+    return _finish(request, tenant, messages.SUCCESS, done.format(slug=tenant.slug))
 
 
 @login_required
 @require_POST
 def tenant_cancel(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant = get_tenant_for_user(request, slug, write=True)
     return _act(
         request,
-        tenant,
-        ActionForm(request.POST),
-        lambda reason: actions.request_cancel(tenant, user=request.user, reason=reason),
-        f"Cancel requested: {tenant.slug} stops at its next check and undoes its steps.",
+        slug,
+        ActionForm,
+        lambda tenant, data: actions.request_cancel(
+            tenant, user=request.user, reason=data["reason"]
+        ),
+        "Cancel requested: {slug} stops at its next check and undoes its steps.",
     )
 
 
 @login_required
 @require_POST
 def tenant_reset(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant = get_tenant_for_user(request, slug, write=True)
     return _act(
         request,
-        tenant,
-        ActionForm(request.POST),
-        lambda reason: actions.reset_provisioning(tenant, user=request.user, reason=reason),
-        f"{tenant.slug} is reset: the next retry starts from the first step.",
+        slug,
+        ActionForm,
+        lambda tenant, data: actions.reset_provisioning(
+            tenant, user=request.user, reason=data["reason"]
+        ),
+        "{slug} is reset: the next retry starts from the first step.",
     )
 
 
 @login_required
 @require_POST
 def tenant_retry(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant = get_tenant_for_user(request, slug, write=True)
-    form = RetryForm(request.POST)
-    if form.is_valid() and not form.cleaned_data["force"] and actions.needs_force(tenant):
-        failures = actions.failed_attempts(tenant)
-        return _finish(
-            request,
-            tenant,
-            messages.ERROR,
-            f"{tenant.slug} has failed {failures} times: read the error, then confirm "
-            "“retry anyway” to try again.",
-        )
     return _act(
         request,
-        tenant,
-        form,
-        lambda reason: actions.retry_provisioning(
-            tenant, user=request.user, force=form.cleaned_data["force"], reason=reason
+        slug,
+        RetryForm,
+        lambda tenant, data: actions.retry_provisioning(
+            tenant, user=request.user, force=data["force"], reason=data["reason"]
         ),
-        f"Retrying {tenant.slug}: a new attempt is under way.",
+        "Retrying {slug}: a new attempt is under way.",
     )
 
 
 @login_required
 @require_POST
 def tenant_decommission(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant = get_tenant_for_user(request, slug, write=True)
-    form = DecommissionForm(request.POST)
-    if form.is_valid() and form.cleaned_data["confirm_slug"] != tenant.slug:
-        return _finish(
-            request,
-            tenant,
-            messages.ERROR,
-            f"Type the slug {tenant.slug} exactly to decommission it; nothing was changed.",
-        )
     return _act(
         request,
-        tenant,
-        form,
-        lambda reason: actions.decommission_tenant(tenant, user=request.user, reason=reason),
-        f"Decommissioning {tenant.slug}: its resources are being removed.",
+        slug,
+        DecommissionForm,
+        lambda tenant, data: actions.decommission_tenant(
+            tenant, user=request.user, reason=data["reason"]
+        ),
+        "Decommissioning {slug}: its resources are being removed.",
     )
