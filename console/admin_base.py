@@ -3,8 +3,11 @@
 from django.contrib import admin
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """View only: the rows change through actions and the engine, never by hand."""
+class ReadOnlyMixin:
+    """View only: the rows change through actions and the engine, never by hand.
+
+    For model admins and inlines alike (an inline's add permission takes ``obj``).
+    """
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -14,3 +17,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """A model admin for browsing only."""

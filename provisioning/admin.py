@@ -3,7 +3,7 @@ nothing about a run's state can be edited here, and audit events not at all."""
 
 from django.contrib import admin
 
-from console.admin_base import ReadOnlyAdmin
+from console.admin_base import ReadOnlyAdmin, ReadOnlyMixin
 from provisioning.models import (
     AuditEvent,
     BannerDismissal,
@@ -24,10 +24,9 @@ class AuditEventAdmin(ReadOnlyAdmin):
     readonly_fields = ("seq", "type", "tenant", "run", "actor", "details", "created_at")
 
 
-class StepRunInline(admin.TabularInline):
+class StepRunInline(ReadOnlyMixin, admin.TabularInline):
     model = StepRun
     extra = 0
-    can_delete = False
     ordering = ("position",)
     fields = (
         "position",
@@ -44,12 +43,6 @@ class StepRunInline(admin.TabularInline):
         "progress",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(ProvisioningRun)
