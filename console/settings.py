@@ -15,6 +15,8 @@ from console.database import database_settings
 from console.env import envbool, envchoice, envfloat, envint
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Under pytest: the test database, resource names and route table stay apart (below).
+TESTING = "pytest" in sys.modules
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
 DEBUG = envbool("DEBUG", "1")
@@ -31,7 +33,7 @@ SITE_URL = os.environ.get("SITE_URL", "http://localhost:8000")
 # includes, rewritten on every route change ("" turns it off).
 # TRAFFIC_VERIFY_URL: where mark_active checks the tenant's URL (the console or
 # the edge, e.g. http://127.0.0.1:8000); unset, it checks in process.
-if "pytest" in sys.modules:
+if TESTING:
     # Tests (and the daphne/qcluster they start, which inherit the environment)
     # must not rewrite a dev console's table; the traffic tests set their own.
     os.environ.setdefault("ROUTES_FILE", "")
@@ -96,9 +98,9 @@ TEMPLATES = [
 
 # Persistent connections, except under pytest, where the test database must be
 # droppable at the end (a kept connection in another thread would block it).
-DB_CONN_MAX_AGE = envint("DB_CONN_MAX_AGE", "0" if "pytest" in sys.modules else "60")
+DB_CONN_MAX_AGE = envint("DB_CONN_MAX_AGE", "0" if TESTING else "60")
 DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL"), VAR_DIR, DB_CONN_MAX_AGE)}
-if "pytest" in sys.modules:
+if TESTING:
     # One test database per test session, so two sessions on one server
     # (a developer's and CI's, or parallel helpers) never drop each other's.
     DATABASES["default"]["TEST"] = {"NAME": f"test_console_{os.getpid()}"}
@@ -150,7 +152,7 @@ WORKLOAD_SUBNET_PREFIX = envint("WORKLOAD_SUBNET_PREFIX", "27")
 # Prefix of every container, network and process name this installation
 # creates (after "tpc-"); lower-case letters, digits and '-' only.
 RESOURCE_NAMESPACE = os.environ.get("RESOURCE_NAMESPACE", "")
-if not RESOURCE_NAMESPACE and "pytest" in sys.modules:
+if not RESOURCE_NAMESPACE and TESTING:
     # Test databases start their ids at 1 again: keep test resources apart.
     RESOURCE_NAMESPACE = f"test{os.getpid()}-"
 if RESOURCE_NAMESPACE and not all(c.isalnum() or c == "-" for c in RESOURCE_NAMESPACE):
