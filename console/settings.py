@@ -39,6 +39,10 @@ if TESTING:
     os.environ.setdefault("ROUTES_FILE", "")
 ROUTES_FILE = os.environ.get("ROUTES_FILE", str(VAR_DIR / "routes" / "nginx-tenants.conf"))
 TRAFFIC_VERIFY_URL = os.environ.get("TRAFFIC_VERIFY_URL", "")
+# The largest request body the tenant proxy forwards (413 above it).
+TENANT_MAX_BODY_BYTES = envint("TENANT_MAX_BODY_BYTES", str(10 * 1024 * 1024))
+# How long a tenant's one-time sign-in link stays valid.
+SIGNIN_TOKEN_HOURS = envfloat("SIGNIN_TOKEN_HOURS", "72")
 ALLOWED_HOSTS = [
     h.strip()
     for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,.localhost,testserver").split(",")
@@ -166,6 +170,9 @@ PROVISIONING_BACKOFF_BASE = envfloat("PROVISIONING_BACKOFF_BASE", "0.25")
 PROVISIONING_BACKOFF_MAX = envfloat("PROVISIONING_BACKOFF_MAX", "10")
 PROVISIONING_FAULTS_ENABLED = envbool("PROVISIONING_FAULTS_ENABLED", "0")
 PROVISIONING_MAX_FAILED_ATTEMPTS = 3
+# A run that keeps breaking the worker (an unexpected exception, a crash) is
+# resumed at most this many times, then fails and compensates like any failure.
+PROVISIONING_MAX_RESUMES = envint("PROVISIONING_MAX_RESUMES", "5")
 # Expected step durations come from the last N successful runs of a step on a
 # plan (median and 95th percentile), once there are at least MIN samples;
 # each process caches them for CACHE seconds.

@@ -48,6 +48,9 @@ class ProvisioningRun(models.Model):
     error = models.TextField(blank=True)
     error_category = models.CharField(max_length=40, blank=True)
     reset_at = models.DateTimeField(null=True, blank=True)
+    # Claims that picked the run up again after a worker stopped advancing it
+    # (a crash, an unexpected exception); past PROVISIONING_MAX_RESUMES it fails.
+    resumes = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]
