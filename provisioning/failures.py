@@ -27,14 +27,6 @@ DEFAULT_HOURS, MAX_HOURS = 24, 168
 DEFAULT_LIMIT, MAX_LIMIT = 1, 20
 
 
-def clamp(raw, default: int, maximum: int) -> int:
-    """A positive whole number up to ``maximum``; anything else is ``default``."""
-    text = str(raw if raw is not None else "").strip()
-    if not text.isdigit() or len(text) > 9 or int(text) < 1:
-        return default
-    return min(int(text), maximum)
-
-
 def failed_runs(user, since) -> QuerySet[ProvisioningRun]:
     """Provisioning attempts ``user`` started that failed since ``since``, newest first.
 

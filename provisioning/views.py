@@ -10,14 +10,13 @@ from provisioning.failures import (
     DEFAULT_LIMIT,
     MAX_HOURS,
     MAX_LIMIT,
-    clamp,
     dismiss_failure,
     recent_failures,
 )
 from provisioning.models import ProvisioningRun
 from provisioning.status import tenant_status
 from tenants.access import get_tenant_for_user, role_of
-from tenants.filters import audit_filters, audit_query
+from tenants.filters import audit_filters, audit_query, whole_number
 
 # Suggestions for the audit feed's type filter.
 AUDIT_PREFIXES = [
@@ -57,8 +56,8 @@ def recent_failures_api(request: HttpRequest) -> JsonResponse:
     a bad value means its default. A failing query answers ``degraded: true``
     with no failures rather than an error, so the banner just stays away.
     """
-    hours = clamp(request.GET.get("hours"), DEFAULT_HOURS, MAX_HOURS)
-    limit = clamp(request.GET.get("limit"), DEFAULT_LIMIT, MAX_LIMIT)
+    hours = whole_number(request.GET.get("hours"), default=DEFAULT_HOURS, maximum=MAX_HOURS)
+    limit = whole_number(request.GET.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
     failures, degraded = recent_failures(request.user, hours=hours, limit=limit)
     return JsonResponse(
         {"degraded": degraded, "hours": hours, "limit": limit, "failures": failures}

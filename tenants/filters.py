@@ -2,7 +2,8 @@
 
 Both must read the same filters the same way, or a live push would render a
 different set of rows than the page it updates. Nothing here raises: a bad
-value falls back to its default.
+value falls back to its default, and nothing that PostgreSQL would refuse
+(a NUL, an undecodable byte) gets through to a query.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from urllib.parse import urlencode
 from tenants.models import STATES
 
 Q_MAX = 60
-TYPE_PREFIX_RE = re.compile(r"^[a-z0-9_.]{1,80}$")
-SLUG_RE = re.compile(r"^[a-z0-9-]{1,30}$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline.
+TYPE_PREFIX_RE = re.compile(r"\A[a-z0-9_.]{1,80}\Z")
+SLUG_RE = re.compile(r"\A[a-z0-9-]{1,30}\Z")
+# ASCII digits only: str.isdigit() also says yes to "²" (which int() refuses)
+# and "٣" (which int() reads as 3); nine digits bound the work int() does.
+DIGITS_RE = re.compile(r"\A[0-9]{1,9}\Z")
 MAX_PAGE = 100_000
 
 
@@ -32,6 +37,24 @@ def _get(params: Mapping, key: str) -> str:
     return value
 
 
+def whole_number(raw, *, default: int, maximum: int) -> int:
+    """A whole number from 1 up to ``maximum`` (larger ones are capped); anything else: ``default``.
+
+    The one parser for integer query parameters (``page``, ``hours``, ``limit``).
+    """
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not DIGITS_RE.match(text) or int(text) < 1:
+        return default
+    return min(int(text), maximum)
+
+
+def search_text(raw: str, limit: int = Q_MAX) -> str:
+    """Free text for a search: whitespace runs made one space, unprintable characters
+    (NUL, controls, the lone surrogates of undecodable bytes) dropped, at most ``limit``."""
+    text = " ".join(raw.split())
+    return "".join(ch for ch in text if ch.isprintable())[:limit].strip()
+
+
 ALL = "all"  # every state, decommissioned tenants included
 
 
@@ -44,7 +67,7 @@ def list_filters(params: Mapping) -> dict:
     state = _get(params, "state").strip().lower()
     if state not in STATES and state != ALL:
         state = ""
-    q = " ".join(_get(params, "q").split())[:Q_MAX]
+    q = search_text(_get(params, "q"))
     return {"state": state, "q": q}
 
 
@@ -61,9 +84,7 @@ def audit_filters(params: Mapping) -> dict:
     tenant = _get(params, "tenant").strip().lower()
     if not SLUG_RE.match(tenant):
         tenant = ""
-    raw_page = _get(params, "page").strip()
-    page = int(raw_page) if raw_page.isdigit() and len(raw_page) < 7 else 1
-    page = min(max(page, 1), MAX_PAGE)
+    page = whole_number(_get(params, "page"), default=1, maximum=MAX_PAGE)
     return {"type_prefix": type_prefix, "tenant": tenant, "page": page}
 
 

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from provisioning import actions
 from provisioning import faults as fault_specs
 from tenants.models import Plan, Tenant
-from tenants.validation import validate_request
+from tenants.validation import REASON_MAX, validate_request
 
 
 class PlanChoiceField(forms.ChoiceField):
@@ -129,7 +129,7 @@ class TenantForm(forms.Form):
 class ActionForm(forms.Form):
     """An action dialog: an optional reason for the audit log, about ``tenant``."""
 
-    reason = forms.CharField(required=False, max_length=500, strip=True)
+    reason = forms.CharField(required=False, max_length=REASON_MAX, strip=True)
 
     def __init__(self, *args, tenant: Tenant, **kwargs):
         super().__init__(*args, **kwargs)

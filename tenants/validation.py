@@ -14,8 +14,12 @@ from django.core.validators import validate_email
 
 from tenants.models import Plan, Tenant
 
-LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline.
+LABEL_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
 MIN_LEN, MAX_LEN = 3, 30
+# The shape of Plan.name (a SlugField of 30).
+PLAN_NAME_RE = re.compile(r"\A[-a-zA-Z0-9_]{1,30}\Z")
+REASON_MAX = 500  # an operator's reason, as the audit log keeps it
 
 # Names that would collide with the console's own hosts or confuse operators.
 RESERVED = frozenset(
@@ -25,6 +29,35 @@ RESERVED = frozenset(
         "status", "support", "system", "test", "www", "ws",
     }
 )  # fmt: skip
+
+
+def is_label(value) -> bool:
+    """Whether ``value`` could be a slug or org at all.
+
+    Asked before any query by value: PostgreSQL raises on a NUL, and a
+    look-alike or a 10k-character value can only be "no such tenant".
+    """
+    return isinstance(value, str) and len(value) <= MAX_LEN and LABEL_RE.match(value) is not None
+
+
+def shown(value, limit: int = 40) -> str:
+    """``value`` quoted for a message, cut short: an error echoes what was sent, not 10k of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_error(value: str, what: str, max_len: int = REASON_MAX) -> str | None:
+    """Why ``value`` cannot be kept as free text (a reason), or None.
+
+    PostgreSQL refuses a NUL in text and JSON, and a lone surrogate (what
+    Python makes of command-line bytes that are not UTF-8) cannot be encoded
+    at all; other control characters would forge lines in logs and output.
+    """
+    if len(value) > max_len:
+        return f"The {what} must be at most {max_len} characters (got {len(value)})."
+    if not value.isprintable():
+        return f"The {what} may not contain control characters or undecodable bytes."
+    return None
 
 
 def label_error(value: str, what: str) -> str | None:
@@ -87,15 +120,20 @@ def validate_request(
     if message := label_error(org, "org"):
         errors["org"] = message
 
-    plan_obj = plan if isinstance(plan, Plan) else Plan.objects.filter(name=plan or "").first()
+    if isinstance(plan, Plan):
+        plan_obj = plan
+    elif isinstance(plan, str) and PLAN_NAME_RE.match(plan):
+        plan_obj = Plan.objects.filter(name=plan).first()
+    else:
+        plan_obj = None  # not a plan's name: no query (a NUL would make PostgreSQL raise)
     if plan_obj is None:
         names = ", ".join(Plan.objects.values_list("name", flat=True)) or "none defined"
-        errors["plan"] = f"Unknown plan {plan!r}; choose one of: {names}."
+        errors["plan"] = f"Unknown plan {shown(plan)}; choose one of: {names}."
 
     try:
         validate_email(admin_email)
     except ValidationError:
-        errors["admin_email"] = f"{admin_email!r} is not a valid email address."
+        errors["admin_email"] = f"{shown(admin_email)} is not a valid email address."
 
     if errors:
         raise ValidationError(errors)

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from provisioning import actions
-from provisioning.management.commands._common import get_tenant
+from provisioning.management.commands._common import checked_reason, get_tenant, seconds
 from provisioning.report import wait_until_settled
 
 
@@ -11,13 +11,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("slug")
         parser.add_argument("--wait", action="store_true", help="wait until decommissioned")
-        parser.add_argument("--timeout", type=float, default=600)
+        parser.add_argument("--timeout", type=seconds, default=600)
         parser.add_argument("--reason", default="")
 
     def handle(self, *args, **options):
+        reason = checked_reason(options["reason"])
         tenant = get_tenant(options["slug"])
         try:
-            actions.decommission_tenant(tenant, reason=options["reason"])
+            actions.decommission_tenant(tenant, reason=reason)
         except actions.ActionError as exc:
             raise CommandError(str(exc)) from None
         if not options["wait"]:

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from provisioning import actions, dryrun, faults
+from provisioning.management.commands._common import seconds
 from provisioning.report import as_json, as_text, wait_until_settled
 from tenants.validation import first_error
 
@@ -17,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--plan", required=True)
         parser.add_argument("--admin-email", required=True)
         parser.add_argument("--wait", action="store_true", help="wait until active or failed")
-        parser.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")
+        parser.add_argument("--timeout", type=seconds, default=600, help="seconds --wait waits")
         parser.add_argument("--json", action="store_true", help="print the status JSON")
         parser.add_argument(
             "--dry-run",

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from provisioning import actions
-from provisioning.management.commands._common import get_tenant
+from provisioning.management.commands._common import checked_reason, get_tenant
 
 
 class Command(BaseCommand):
@@ -12,9 +12,10 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="")
 
     def handle(self, *args, **options):
+        reason = checked_reason(options["reason"])
         tenant = get_tenant(options["slug"])
         try:
-            run = actions.reset_provisioning(tenant, reason=options["reason"])
+            run = actions.reset_provisioning(tenant, reason=reason)
         except actions.ActionError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from provisioning import actions
-from provisioning.management.commands._common import get_tenant
+from provisioning.management.commands._common import checked_reason, get_tenant
 
 
 class Command(BaseCommand):
@@ -13,11 +13,10 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="")
 
     def handle(self, *args, **options):
+        reason = checked_reason(options["reason"])
         tenant = get_tenant(options["slug"])
         try:
-            run = actions.retry_provisioning(
-                tenant, force=options["force"], reason=options["reason"]
-            )
+            run = actions.retry_provisioning(tenant, force=options["force"], reason=reason)
         except actions.ActionError as exc:
             raise CommandError(str(exc)) from None
         skipped = run.steps.filter(status="skipped").count()
