@@ -6,13 +6,15 @@ A bad value stops start-up with a message naming the variable.
 from __future__ import annotations
 
 import os
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
 from console.database import database_settings
-from console.env import envbool, envchoice, envfloat, envint
+from console.env import envbool, envchoice, envfloat, envint, kept_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Under pytest: the test database, resource names and route table stay apart (below).
@@ -20,12 +22,45 @@ TESTING = "pytest" in sys.modules
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
 DEBUG = envbool("DEBUG", "1")
-_DEV_KEY = "dev-only-insecure-key-do-not-use-in-production"
-SECRET_KEY = os.environ.get("SECRET_KEY", _DEV_KEY)
-if not DEBUG and (SECRET_KEY == _DEV_KEY or len(SECRET_KEY) < 32):
+# No mode uses a key written in the source: it signs django-q2's pickled task
+# payloads, the verify tokens and the sign-in links. Production sets it; in
+# development a random key is made on first start and kept in VAR_DIR, which
+# daphne, qcluster, commands and tests' subprocesses all share.
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not DEBUG and len(SECRET_KEY) < 32:
     raise ImproperlyConfigured(
         "SECRET_KEY must be set to a random string of 32+ characters when DEBUG=0"
     )
+if not SECRET_KEY:
+    SECRET_KEY = kept_secret(VAR_DIR / "secret-key")
+if TESTING:
+    # Subprocesses a test starts with a VAR_DIR of their own still sign alike.
+    os.environ.setdefault("SECRET_KEY", SECRET_KEY)
+
+# HTTPS. In production (DEBUG=0) the console sits behind a TLS edge that sets
+# X-Forwarded-Proto; each of these can be turned off for a plain-HTTP internal
+# deployment. Tenant hosts are answered before Django (console/asgi.py), so
+# none of this reaches them.
+_ON_IN_PRODUCTION = "0" if DEBUG else "1"
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", _ON_IN_PRODUCTION)
+# A local health checker and metrics scraper speak plain HTTP to daphne.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https")
+    if envbool("SECURE_PROXY_SSL_HEADER", _ON_IN_PRODUCTION)
+    else None
+)
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", _ON_IN_PRODUCTION)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", _ON_IN_PRODUCTION)
+SECURE_HSTS_SECONDS = envint(
+    "SECURE_HSTS_SECONDS", "0" if DEBUG else str(365 * 24 * 3600), minimum=0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "1")
+# Preloading is a promise to browsers for the whole domain, tenant hosts
+# included, that takes months to withdraw: an operator opts in on purpose, and
+# until then check --deploy's reminder (W021) is silenced.
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "0")
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 BASE_DOMAIN = os.environ.get("BASE_DOMAIN", "localhost:8000")
 SITE_URL = os.environ.get("SITE_URL", "http://localhost:8000")
@@ -65,6 +100,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django_q",
+    "axes",
     "tenants",
     "provisioning",
 ]
@@ -79,6 +115,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -118,6 +156,36 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
+# Sign-in throttling (django-axes): after AXES_FAILURE_LIMIT wrong passwords
+# for one username from one address, that pair is refused for the cool-off
+# (counted again from each refused try). Keyed on the pair, so an attacker
+# cannot lock an operator out from elsewhere by guessing at their name.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses before a password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", "5", minimum=1)
+# 0: locked until an administrator runs `manage.py axes_reset_username NAME`.
+AXES_COOLOFF_MINUTES = envint("AXES_COOLOFF_MINUTES", "15", minimum=0)
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES) if AXES_COOLOFF_MINUTES else None
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The client's address is REMOTE_ADDR unless CLIENT_IP_HEADER names a header
+# that the edge in front sets or appends to (X-Real-IP, X-Forwarded-For); its
+# right-most address is the one the edge wrote, what a client sent sits left.
+CLIENT_IP_HEADER = os.environ.get("CLIENT_IP_HEADER", "").strip()
+if CLIENT_IP_HEADER and not re.fullmatch(r"[A-Za-z0-9-]+", CLIENT_IP_HEADER):
+    raise ImproperlyConfigured(
+        f"CLIENT_IP_HEADER must be a header name such as X-Real-IP, not {CLIENT_IP_HEADER!r}"
+    )
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ("HTTP_" + CLIENT_IP_HEADER.upper().replace("-", "_"), "REMOTE_ADDR")
+    if CLIENT_IP_HEADER
+    else ("REMOTE_ADDR",)
+)
+AXES_IPWARE_PROXY_ORDER = "right-most"
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -145,6 +213,12 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "0")
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Tenant Console <console@localhost>")
+# Password reset mails a link, so its pages exist only where mail leaves the
+# machine (the SMTP backend), unless turned on or off on purpose.
+_SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+PASSWORD_RESET_ENABLED = envbool(
+    "PASSWORD_RESET_ENABLED", "1" if EMAIL_BACKEND == _SMTP_BACKEND else "0"
+)
 
 # Workloads.
 WORKLOAD_DRIVER = envchoice("WORKLOAD_DRIVER", "auto", ("auto", "docker", "process"))
