@@ -222,7 +222,7 @@ PASSWORD_RESET_ENABLED = envbool(
 
 # Workloads.
 WORKLOAD_DRIVER = envchoice("WORKLOAD_DRIVER", "auto", ("auto", "docker", "process"))
-WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", "tenant-console/workload:1")
+WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", "tenant-console/workload:2")
 # Each tenant's Docker network gets its own small subnet from this pool (the
 # engine's default pools run out after about 30 networks).
 WORKLOAD_SUBNET_POOL = os.environ.get("WORKLOAD_SUBNET_POOL", "10.213.0.0/16")

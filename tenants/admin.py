@@ -8,7 +8,15 @@ from tenants.models import Plan, Tenant
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
-    list_display = ("name", "display_name", "replicas", "memory_mb", "image", "sort_order")
+    list_display = (
+        "name",
+        "display_name",
+        "replicas",
+        "memory_mb",
+        "pids_limit",
+        "image",
+        "sort_order",
+    )
     ordering = ("sort_order", "name")
 
 

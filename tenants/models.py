@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -14,6 +15,9 @@ class Plan(models.Model):
     image = models.CharField(max_length=200)
     replicas = models.PositiveSmallIntegerField()
     memory_mb = models.PositiveIntegerField(default=64)
+    # Processes (and threads) one replica may run at once: a fork bomb in a
+    # tenant's workload stops there instead of exhausting the host's pids.
+    pids_limit = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
     # {"<step id>": {"attempts": int, "seconds": float}}; steps not named use
     # their own defaults. Larger plans get more time to become ready.
     step_budgets = models.JSONField(default=dict, blank=True)

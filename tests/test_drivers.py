@@ -23,7 +23,7 @@ from provisioning.drivers.readiness import probe
 from provisioning.errors import PermanentError, TransientError
 from tests.docker_support import docker_driver  # noqa: F401 (a fixture)
 
-IMAGE = "tenant-console/workload:1"
+IMAGE = drivers.DEFAULT_WORKLOAD_IMAGE
 ENV = {"TENANT_SLUG": "acme", "TENANT_ORG": "demo"}
 LABELS = {LABEL_TENANT: "4242"}
 
@@ -42,7 +42,14 @@ def new_key() -> str:
 
 def ensure(driver, key: str, count: int, log=None) -> list[Replica]:
     return driver.ensure_replicas(
-        key, image=IMAGE, count=count, memory_mb=64, labels=LABELS, env=ENV, log=log
+        key,
+        image=IMAGE,
+        count=count,
+        memory_mb=64,
+        pids_limit=32,
+        labels=LABELS,
+        env=ENV,
+        log=log,
     )
 
 

@@ -91,6 +91,7 @@ def test_reconcile_reports_fixes_and_then_reports_nothing_new(settings, docker, 
         image=settings.WORKLOAD_IMAGE,
         count=1,
         memory_mb=32,
+        pids_limit=16,
         labels={LABEL_TENANT: str(GHOST_ID)},
         env={},
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DRIVER_NAMES = ("auto", "docker", "process")
-DEFAULT_WORKLOAD_IMAGE = "tenant-console/workload:1"
+DEFAULT_WORKLOAD_IMAGE = "tenant-console/workload:2"
 AUTO_PING_TIMEOUT = 2.0  # seconds; "auto" must not hang a worker on a dead socket
 KEY_LOCK_BUCKETS = 64  # per-key locks share this many files, so var/locks stays small
 

@@ -77,11 +77,17 @@ class WorkloadDriver(Protocol):
         image: str,
         count: int,
         memory_mb: int,
+        pids_limit: int,
         labels: dict,
         env: dict,
         log=None,
     ) -> list[Replica]:
         """Create replicas 1..count that do not exist yet; start stopped ones.
+
+        A replica stands for a tenant's workload, which is not trusted: it
+        sees ``env`` (plus its ``REPLICA`` number), none of the worker's
+        secrets, and runs within ``memory_mb`` and ``pids_limit`` where the
+        driver can enforce them.
 
         ``log(message)``, when given, is called for each thing created or
         found, so the step can record it for operators.

@@ -41,24 +41,40 @@ CLIENT_TIMEOUT = 30  # seconds per API call
 MAX_PARALLEL = 4  # replicas created at once by one ensure_replicas call
 CONFLICT_LOOKUP_TIMEOUT = 5.0  # seconds to wait for a name another worker is creating
 
-# Written into the image. A scratch image has no /www and no /tmp, and its only
-# program is busybox, hence the explicit "/bin/busybox <applet>" everywhere.
-# The page comes from the same template as the process driver's server; the
-# here-document expands the ${...} placeholders from the container's env.
+# A tenant's workload is not trusted, so its replicas run with least privilege:
+# "nobody" (numeric, since a scratch image has no /etc/passwd), no capabilities,
+# no setuid gains, a read-only root filesystem, and the plan's memory and pids
+# limits. The only writable place is WEB_ROOT, a small tmpfs that the non-root
+# user owns (about 1 KB is written there).
+WORKLOAD_UID = WORKLOAD_GID = 65534
+WORKLOAD_USER = f"{WORKLOAD_UID}:{WORKLOAD_GID}"
+WEB_ROOT = "/www"
+WEB_ROOT_TMPFS = f"size=1m,uid={WORKLOAD_UID},gid={WORKLOAD_GID},mode=0700,noexec,nosuid,nodev"
+
+# Written into the image. A scratch image's only program is busybox, hence the
+# explicit "/bin/busybox <applet>" everywhere. The page comes from the same
+# template as the process driver's server; the here-document (a pipe in
+# busybox sh, so it needs no writable /tmp) expands the ${...} placeholders
+# from the container's env.
 ENTRYPOINT_SH = """\
-/bin/busybox mkdir -p /www /tmp
-/bin/busybox cat > /www/index.html <<EOF
+/bin/busybox cat > {root}/index.html <<EOF
 {page}EOF
-/bin/busybox printf ok > /www/healthz
-exec /bin/busybox httpd -f -p 8080 -h /www
-""".format(page=render_page("${TENANT_SLUG:-unknown}", "${TENANT_ORG:-unknown}", "${REPLICA:-1}"))
+/bin/busybox printf ok > {root}/healthz
+exec /bin/busybox httpd -f -p 8080 -h {root}
+""".format(
+    root=WEB_ROOT,
+    page=render_page("${TENANT_SLUG:-unknown}", "${TENANT_ORG:-unknown}", "${REPLICA:-1}"),
+)
 
 # STOPSIGNAL SIGKILL: httpd runs as PID 1 and ignores SIGTERM, so a plain
 # `docker stop` would otherwise wait its full 10 s grace period for nothing.
-DOCKERFILE = """\
+# USER here too, so that even a container started by hand from the image is
+# not root; the driver sets it again for plans that name an image of their own.
+DOCKERFILE = f"""\
 FROM scratch
 COPY busybox /bin/busybox
 COPY entrypoint.sh /entrypoint.sh
+USER {WORKLOAD_USER}
 EXPOSE 8080
 STOPSIGNAL SIGKILL
 ENTRYPOINT ["/bin/busybox", "sh", "/entrypoint.sh"]
@@ -277,26 +293,26 @@ class DockerDriver:
         image: str,
         count: int,
         memory_mb: int,
+        pids_limit: int,
         labels: dict,
         env: dict,
         log=None,
     ) -> list[Replica]:
         found = self.find_network(key)
         network = found.name if found else None
+        confined = confinement(memory_mb, pids_limit)
         if count > 1:
             # Creating and starting a container takes about 0.4 s of engine
             # time that overlaps: measured, 5 replicas take about 1.1 s in
             # parallel against 2 s one after another.
             with ThreadPoolExecutor(max_workers=min(count, MAX_PARALLEL)) as pool:
                 futures = [
-                    pool.submit(
-                        self._ensure_replica, key, i, image, memory_mb, labels, env, network
-                    )
+                    pool.submit(self._ensure_replica, key, i, image, confined, labels, env, network)
                     for i in range(1, count + 1)
                 ]
                 results = [f.result() for f in futures]
         else:
-            results = [self._ensure_replica(key, 1, image, memory_mb, labels, env, network)]
+            results = [self._ensure_replica(key, 1, image, confined, labels, env, network)]
         # log() runs here, in the caller's thread, because it may well write to
         # the database, and Django connections belong to the thread.
         for _, message in results:
@@ -304,7 +320,7 @@ class DockerDriver:
                 log(message)
         return [replica for replica, _ in results]
 
-    def _ensure_replica(self, key, index, image, memory_mb, labels, env, network):
+    def _ensure_replica(self, key, index, image, confined, labels, env, network):
         """(replica, log message) for replica ``index``, created or started as needed."""
         name = replica_name(key, index)
         container = self._get_container(name)
@@ -320,7 +336,7 @@ class DockerDriver:
                     LABEL_REPLICA: str(index),
                 },
                 "environment": {**{k: str(v) for k, v in env.items()}, "REPLICA": str(index)},
-                "mem_limit": f"{memory_mb}m" if memory_mb else None,
+                **confined,
                 "network": network,
                 # The engine picks a free host port; we read it back after start.
                 "ports": {CONTAINER_PORT: ("127.0.0.1", None)},
@@ -412,6 +428,23 @@ class DockerDriver:
             "replicas": replicas,
             "networks": sorted((_network(n) for n in networks), key=lambda n: n.name),
         }
+
+
+def confinement(memory_mb: int, pids_limit: int) -> dict:
+    """The containers.create() arguments that confine a replica (see WORKLOAD_USER)."""
+    memory = f"{memory_mb}m" if memory_mb else None
+    return {
+        "user": WORKLOAD_USER,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "read_only": True,
+        "tmpfs": {WEB_ROOT: WEB_ROOT_TMPFS},
+        "pids_limit": pids_limit,
+        # Swap limited to the same figure: the plan's memory is all a replica
+        # gets, not as much again in swap.
+        "mem_limit": memory,
+        "memswap_limit": memory,
+    }
 
 
 def _disconnect_all(net) -> None:

@@ -46,6 +46,12 @@ SERVER_MODULE = "provisioning.drivers.workload_server"
 # The directory holding the `provisioning` package, so `-m` resolves it
 # whatever the worker's current directory is.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# All a replica takes from the worker's environment. Everything else there
+# (SECRET_KEY, DATABASE_URL, REDIS_URL, EMAIL_*, ...) is the console's: a
+# replica answers the internet on a tenant's behalf and stands in for a
+# tenant's workload, so it holds no secret of the console's. The server needs
+# no PYTHONPATH: `-m` from PROJECT_ROOT finds the package.
+INHERITED_ENV = ("PATH",)
 
 
 def pid_is_replica(pid: int, name: str) -> bool:
@@ -178,12 +184,14 @@ class ProcessDriver:
         image: str,
         count: int,
         memory_mb: int,
+        pids_limit: int,
         labels: dict,
         env: dict,
         log=None,
     ) -> list[Replica]:
-        # image and memory_mb do not apply: every replica is the same small
-        # Python server (about 20 MB resident), with no memory limit.
+        # image, memory_mb and pids_limit do not apply: every replica is the
+        # same small Python server of this project (about 20 MB resident), not
+        # tenant code, with no limits of its own.
         log = log or (lambda message: None)
         replicas = []
         with self._lock(key):
@@ -206,7 +214,7 @@ class ProcessDriver:
         port_file = self.directory / f"{name}.port"
         port_file.unlink(missing_ok=True)
         child_env = {
-            **os.environ,
+            **{var: os.environ[var] for var in INHERITED_ENV if var in os.environ},
             **{k: str(v) for k, v in env.items()},
             "REPLICA": str(index),
             "PYTHONUNBUFFERED": "1",

@@ -18,6 +18,7 @@ class DeployWorkloads(Step):
             image=plan.image,
             count=plan.replicas,
             memory_mb=plan.memory_mb,
+            pids_limit=plan.pids_limit,
             labels={LABEL_TENANT: str(tenant.pk), LABEL_RUN: str(ctx.run.pk)},
             env={"TENANT_SLUG": tenant.slug, "TENANT_ORG": tenant.org},
             log=ctx.log,
