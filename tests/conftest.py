@@ -4,26 +4,101 @@ from __future__ import annotations
 
 import importlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import connection
+from django.db.backends.postgresql.operations import DatabaseOperations
 
-from provisioning import actions, engine
+from provisioning import actions, dbroles, engine
 from provisioning import faults as fault_specs
 from provisioning.models import StepRun
 from tenants.models import Plan, Tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 _seed = importlib.import_module("tenants.migrations.0002_seed_plans_and_groups")
+# TEST_APP_ROLE=NAME runs the suite as the role `create_app_role NAME` makes,
+# as production runs (docs/DATABASE.md); unset, as the owner.
+APP_ROLE = os.environ.get("TEST_APP_ROLE", "")
+# The owner's USER and PASSWORD, whichever role the suite runs as.
+_owner_login: dict = {}
+
+
+@contextmanager
+def signed_in_as(user: str, password: str):
+    """Connections opened inside sign in as ``user``: this thread's, others', subprocesses'."""
+    db = connection.settings_dict  # the one dict every thread's connection reads
+    before = {"USER": db["USER"], "PASSWORD": db["PASSWORD"]}
+    connection.close()
+    db.update(USER=user, PASSWORD=password)
+    try:
+        yield
+    finally:
+        connection.close()
+        db.update(before)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The test database, migrated by its owner; then, with TEST_APP_ROLE, used as the app role.
+
+    The role is made by create_app_role's own function, so what passes here
+    passes with production's privileges. pytest-django drops the database
+    after this fixture has signed back in as the owner.
+    """
+    db = connection.settings_dict
+    _owner_login.update(USER=db["USER"], PASSWORD=db["PASSWORD"])
+    if not APP_ROLE:
+        yield
+        return
+    password = secrets.token_urlsafe(24)
+    with django_db_blocker.unblock():
+        connection.ensure_connection()
+        dbroles.ensure_app_role(connection.connection, APP_ROLE, password)
+    with signed_in_as(APP_ROLE, password):
+        yield
+
+
+_execute_sql_flush = DatabaseOperations.execute_sql_flush
+
+
+def _flush_as_owner(ops, sql_list):
+    """Empty the tables between transactional tests: as the owner, audit triggers off.
+
+    Django flushes with one TRUNCATE of every table, which migration 0008's
+    trigger refuses and the app role may not run at all. The owner disables
+    the audit table's triggers inside the flush's own transaction: TRUNCATE
+    holds the table's exclusive lock until commit, so no other session ever
+    sees them off, and a failure rolls the ALTER back with the rest.
+    """
+    statements = [
+        "ALTER TABLE provisioning_auditevent DISABLE TRIGGER USER",
+        *sql_list,
+        "ALTER TABLE provisioning_auditevent ENABLE TRIGGER USER",
+    ]
+    if not APP_ROLE:
+        return _execute_sql_flush(ops, statements)
+    with psycopg.connect(owner_database_url()) as owner:  # commits on leaving
+        for statement in statements:
+            owner.execute(statement)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def flush_as_owner():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatabaseOperations, "execute_sql_flush", _flush_as_owner)
+        yield
 
 
 @pytest.fixture
@@ -123,9 +198,9 @@ def drive_in_background(tenant: Tenant):
     return worker, outcome
 
 
-def database_url() -> str:
+def database_url(db: dict | None = None) -> str:
     """The URL of the database the tests use (the test database, not the dev one)."""
-    db = connection.settings_dict
+    db = db or connection.settings_dict
     auth = quote(db["USER"] or "postgres")
     if db["PASSWORD"]:
         auth += ":" + quote(db["PASSWORD"])
@@ -134,6 +209,11 @@ def database_url() -> str:
         return f"postgresql://{auth}@/{db['NAME']}?host={quote(host)}"
     port = f":{db['PORT']}" if db["PORT"] else ""
     return f"postgresql://{auth}@{host}{port}/{db['NAME']}"
+
+
+def owner_database_url() -> str:
+    """The test database as its owner (who migrated it), whichever role the suite runs as."""
+    return database_url({**connection.settings_dict, **_owner_login})
 
 
 def subprocess_env(**extra) -> dict:
