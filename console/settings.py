@@ -205,7 +205,7 @@ STORAGES = {
 
 # Email: welcome emails go to files under var/ by default, so nothing leaves
 # the machine unless SMTP is configured on purpose.
-EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "provisioning.mail.EmailBackend")  # files 0600
 EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(VAR_DIR / "emails"))
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", "25")

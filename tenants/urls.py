@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants import views
+from tenants import signin_views, views
 
 urlpatterns = [
     path("", views.tenant_list, name="tenant-list"),
@@ -15,4 +15,5 @@ urlpatterns = [
     path("tenants/<str:slug>/retry/", views.tenant_retry, name="tenant-retry"),
     path("tenants/<str:slug>/reset/", views.tenant_reset, name="tenant-reset"),
     path("tenants/<str:slug>/decommission/", views.tenant_decommission, name="tenant-decommission"),
+    path("signin/<str:nonce>/", signin_views.signin_page, name="signin"),
 ]

@@ -54,7 +54,7 @@ def test_it_provisions_a_tenant_to_active(plans, settings, tmp_path):
     assert {"users", "settings", "projects"} <= existing_tables(tenant.schema_name)
     assert Route.objects.get(tenant=tenant).enabled
     assert [m.to for m in mail.outbox] == [["admin@example.com"]] * 3
-    assert "signin?token=" in mail.outbox[1].body
+    assert f"{settings.SITE_URL}/signin/" in mail.outbox[1].body  # tests/test_signin.py
     types = [t for t, _ in events(tenant)]
     assert types[:3] == [
         "tenant.created",

@@ -3,12 +3,13 @@ from django.core.mail import send_mail
 from django.utils import timezone
 
 from provisioning.models import TenantIdentity, WelcomeEmail
-from provisioning.signin import signin_url
+from provisioning.signin import LINK_EMAIL, signin_url
 from provisioning.steps.base import Step
 
 
 def messages(tenant, identity) -> list[tuple[str, str, str]]:
     """(kind, subject, body) of the three welcome emails."""
+    hours = settings.SIGNIN_TOKEN_HOURS
     return [
         (
             "welcome",
@@ -17,10 +18,11 @@ def messages(tenant, identity) -> list[tuple[str, str, str]]:
             f"{tenant.plan.display_name} plan.\n\nIt lives at {tenant.url}\n",
         ),
         (
-            "console",
+            LINK_EMAIL,
             "Your admin console and one-time sign-in link",
             f"Open your admin console at {tenant.url}\n\n"
-            f"Sign in once with this link (it works one time):\n{signin_url(tenant, identity)}\n",
+            f"Sign in as the first admin of {identity.organization} with this link. It works "
+            f"once, within {hours:g} hours of this email:\n{signin_url(tenant, identity)}\n",
         ),
         (
             "onboarding",

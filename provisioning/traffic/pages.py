@@ -7,6 +7,7 @@ import html
 PAGES = {
     400: ("Bad request", "The request to {host} could not be forwarded."),
     404: ("Not found", "No tenant is served at {host}."),
+    413: ("Request too large", "The request to {host} is larger than this server accepts."),
     502: ("Bad gateway", "The tenant at {host} is not answering right now. Try again shortly."),
     503: (
         "Being provisioned",

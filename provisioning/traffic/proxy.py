@@ -5,7 +5,14 @@ ALLOWED_HOSTS check does not apply to them); they are answered here:
 
 - no such tenant, or failed / decommissioning / decommissioned: 404
 - provisioning: 503 "being provisioned" with Retry-After
-- active: forwarded to the route's replicas, round robin, bodies streamed.
+- active: forwarded to the route's replicas, round robin, bodies streamed
+  to the replica (daphne has buffered each request body whole before this
+  code sees it; see docs/TRAFFIC.md for what the edge must limit).
+
+Only origin-form request targets (``/path?query``) are forwarded: the
+upstream URL is assembled from the replica's host and port and that path,
+never from text the client sent in the authority position. A body larger
+than ``TENANT_MAX_BODY_BYTES`` is answered 413.
 
 A replica that refuses connections sits out for a few seconds (``health``)
 and the request moves to the next replica; the route is re-read once on such
@@ -15,14 +22,19 @@ a failure, since a restarted container comes back on another port.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import time
 import weakref
+from urllib.parse import quote
 
 import httpx
+from django.conf import settings
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from provisioning.traffic import health, routing
+from provisioning.traffic.export import BACKEND_RE
 from provisioning.traffic.pages import send_page
 
 log = logging.getLogger("provisioning.traffic")
@@ -43,11 +55,19 @@ HOP_BY_HOP = {
 }
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"}
 RETRY_AFTER = b"5"
+# Replicas speak plain HTTP on the tenant's network; route backends carry no scheme.
+UPSTREAM_SCHEME = "http"
+# Content-Length as the proxy accepts it: ASCII digits only (int() would also
+# take "+1", "1_0" and non-ASCII digits), and short enough that int() is cheap.
+CONTENT_LENGTH_RE = re.compile(rb"[0-9]{1,18}")
 
 # mark_active's check of a tenant that is not active yet: a short-lived signed
 # header lets that one request through (see verify.py).
 VERIFY_HEADER = b"x-tenant-verify"
 VERIFY_WINDOW = 120
+# "<unix seconds>:<hex hmac>". Anything else is simply not a token: the header
+# comes from the internet, and str.isdigit() accepts "²", which int() refuses.
+VERIFY_TOKEN_RE = re.compile(r"(?P<stamp>[0-9]{1,12}):[0-9a-f]{1,128}")
 
 
 def verify_token(hostname: str, now: float | None = None) -> str:
@@ -57,10 +77,14 @@ def verify_token(hostname: str, now: float | None = None) -> str:
 
 
 def token_valid(token: str, hostname: str) -> bool:
-    stamp, _, _mac = token.partition(":")
-    if not stamp.isdigit() or abs(time.time() - int(stamp)) > VERIFY_WINDOW:
+    """Whether ``token`` is this host's and recent; False for any malformed value."""
+    match = VERIFY_TOKEN_RE.fullmatch(token)
+    if match is None:
         return False
-    return constant_time_compare(token, verify_token(hostname, int(stamp)))
+    stamp = int(match["stamp"])
+    if abs(time.time() - stamp) > VERIFY_WINDOW:
+        return False
+    return constant_time_compare(token, verify_token(hostname, stamp))
 
 
 # One client (one connection pool) per event loop: an httpx client is bound to
@@ -91,30 +115,84 @@ async def close_client() -> None:
 
 
 def header(scope, name: bytes) -> str | None:
+    # latin-1 maps every byte, so a hostile header value never fails to decode.
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return value.decode("latin-1")
     return None
 
 
+def origin_form(scope) -> bytes | None:
+    """The request target if it is origin-form (``/path[?query]``), else None.
+
+    daphne hands on whatever the request line held: ``@127.0.0.1:2375/x``,
+    ``//127.0.0.1/x`` and ``http://127.0.0.1/x`` all arrive as ``raw_path``.
+    Only a path starting with exactly one "/" can never be read as an
+    authority, whoever parses the URL next.
+    """
+    raw = scope.get("raw_path")
+    if raw is None:  # optional in ASGI; daphne always sets it
+        raw = quote(scope.get("path", "")).encode("ascii")
+    if not raw.startswith(b"/") or raw.startswith(b"//"):
+        return None
+    query = scope.get("query_string") or b""
+    return raw + b"?" + query if query else raw
+
+
+def declared_length(scope) -> int | None:
+    """The request's Content-Length; None when absent.
+
+    Raises ValueError for a malformed or ambiguous one (two different values).
+    """
+    values = {v.strip() for k, v in scope.get("headers", ()) if k.lower() == b"content-length"}
+    if not values:
+        return None
+    if len(values) > 1 or not CONTENT_LENGTH_RE.fullmatch(next(iter(values))):
+        raise ValueError("bad content-length")
+    return int(next(iter(values)))
+
+
+@functools.lru_cache(maxsize=4096)
+def upstream(backend: str) -> tuple[str, int] | None:
+    """A route backend ("127.0.0.1:32768", "[::1]:8080") as (host, port), parsed
+    once per process; None for anything else, which is never connected to."""
+    if not BACKEND_RE.fullmatch(backend):
+        return None
+    host, _, port = backend.rpartition(":")
+    if not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
+class BodyTooLarge(Exception):
+    """The request body passed TENANT_MAX_BODY_BYTES while it was being forwarded."""
+
+
 class RequestBody:
     """The ASGI request body as an async iterator httpx can stream from.
 
     ``started`` tells whether any of it was consumed: only a request whose body
-    was not consumed can be sent again to another replica.
+    was not consumed can be sent again to another replica. A body without a
+    Content-Length (chunked) is counted as it goes and stopped with
+    ``BodyTooLarge`` once it passes ``limit``.
     """
 
-    def __init__(self, receive):
+    def __init__(self, receive, limit: int):
         self.receive = receive
+        self.limit = limit
         self.started = False
 
     async def __aiter__(self):
         self.started = True
+        total = 0
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise httpx.ReadError("client disconnected")
             body = message.get("body", b"")
+            total += len(body)
+            if total > self.limit:
+                raise BodyTooLarge(total)
             if body:
                 yield body
             if not message.get("more_body", False):
@@ -145,17 +223,12 @@ def forward_headers(scope, host: str) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def target_url(scope, backend: str) -> str:
-    path = scope.get("raw_path") or scope.get("path", "/").encode()
-    url = f"http://{backend}{path.decode('latin-1')}"
-    query = scope.get("query_string") or b""
-    return f"{url}?{query.decode('latin-1')}" if query else url
-
-
-def build_request(client, scope, backend, headers, body) -> httpx.Request:
-    request = client.build_request(
-        scope["method"], target_url(scope, backend), headers=headers, content=body
-    )
+def build_request(client, method, address, target, headers, body) -> httpx.Request:
+    # Structured, not concatenated: the host and port are the replica's, and
+    # ``target`` (origin-form, checked by serve_tenant) can only be the path.
+    host, port = address
+    url = httpx.URL(scheme=UPSTREAM_SCHEME, host=host, port=port, raw_path=target)
+    request = client.build_request(method, url, headers=headers, content=body)
     # httpx adds its own defaults; the replica must see the client's request,
     # not, say, an Accept-Encoding the client never sent.
     sent = {k for k, _ in headers}
@@ -165,18 +238,21 @@ def build_request(client, scope, backend, headers, body) -> httpx.Request:
     return request
 
 
-async def forward(key, backends, scope, receive, send, *, host, reload=None, client=None):
+async def forward(
+    key, backends, scope, receive, send, *, host, target, length, reload=None, client=None
+):
     """Send the request to one of ``backends`` and stream its answer back.
 
-    Returns the backend that answered, or None when a 502/504 page was sent.
-    ``reload`` (async, returns fresh backends) is called once when every known
-    backend failed to connect.
+    ``target`` is the origin-form path and query to request, ``length`` the
+    checked Content-Length (or None). Returns the backend that answered, or
+    None when an error page was sent. ``reload`` (async, returns fresh
+    backends) is called once when every known backend failed to connect.
     """
     client = client or get_client()
     method = scope["method"]
-    has_body = method not in ("GET", "HEAD") or header(scope, b"content-length") not in (None, "0")
+    has_body = method not in ("GET", "HEAD") or bool(length)
     has_body = has_body or header(scope, b"transfer-encoding") is not None
-    body = RequestBody(receive) if has_body else None
+    body = RequestBody(receive, settings.TENANT_MAX_BODY_BYTES) if has_body else None
     headers = forward_headers(scope, host)
     tried: set[str] = set()
     candidates = health.order(key, backends)
@@ -186,8 +262,12 @@ async def forward(key, backends, scope, receive, send, *, host, reload=None, cli
             if backend in tried:
                 continue
             tried.add(backend)
+            address = upstream(backend)
+            if address is None:
+                log.warning("%s: backend %r is not host:port, skipped", host, backend)
+                continue
             try:
-                request = build_request(client, scope, backend, headers, body)
+                request = build_request(client, method, address, target, headers, body)
             except (httpx.InvalidURL, httpx.LocalProtocolError, ValueError) as exc:
                 # A path or header httpx refuses to put on the wire: the client's fault.
                 log.info("%s: unforwardable request: %s", host, exc)
@@ -195,6 +275,11 @@ async def forward(key, backends, scope, receive, send, *, host, reload=None, cli
                 return None
             try:
                 response = await client.send(request, stream=True)
+            except BodyTooLarge:
+                # Raised while the body streamed out, before any answer went back.
+                log.info("%s: request body over %s bytes", host, body.limit)
+                await send_page(send, 413, host)
+                return None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the replica: safe to try the next one.
                 health.mark_down(backend)
@@ -252,6 +337,19 @@ async def serve_tenant(label: str, host: str, scope, receive, send) -> None:
     if not label:
         await send_page(send, 404, host)
         return
+    # Checked before the route lookup: nothing a client sends here costs a
+    # query, and nothing refused here ever reaches a replica.
+    target, length = origin_form(scope), None
+    try:
+        length = declared_length(scope)
+    except ValueError:
+        target = None  # a Content-Length that can't be trusted: refused like a bad target
+    if target is None:
+        await send_page(send, 400, host)
+        return
+    if length is not None and length > settings.TENANT_MAX_BODY_BYTES:
+        await send_page(send, 413, host)
+        return
     token = header(scope, VERIFY_HEADER)
     res = await routing.resolve(label, fresh=bool(token))
     verifying = bool(token) and bool(res.hostname) and token_valid(token, res.hostname)
@@ -267,7 +365,7 @@ async def serve_tenant(label: str, host: str, scope, receive, send) -> None:
         return fresh.backends if (fresh.serving or verifying) else ()
 
     await forward(f"tenant-{res.tenant_id}", res.backends, scope, receive, send,
-                  host=host, reload=reload)  # fmt: skip
+                  host=host, target=target, length=length, reload=reload)  # fmt: skip
 
 
 class TenantTrafficRouter:
