@@ -1,15 +1,18 @@
 """Hostile requests to a tenant host, sent straight over a socket to a real daphne:
 no request target, body or header makes the proxy reach anything but the
-tenant's replicas, send an oversized body on, or answer 500."""
+tenant's replicas, send an oversized body on, or answer 500. And /healthz
+keeps the database's error to the log."""
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from http.server import ThreadingHTTPServer
 
 import pytest
+from django.db import connection
 
 from tests.browser_support import served_console
 from tests.test_traffic_proxy import Echo, echo_servers, raw_status, tenant_with_route  # noqa: F401
@@ -147,3 +150,22 @@ def test_a_malformed_verification_header_is_just_not_a_token(served, echo_server
             status = raw_status(server.port, request("/", host, headers=hostile))
             assert status == expected, (token[:20], host, status)
 
+
+def test_healthz_keeps_the_database_error_out_of_its_answer(client, caplog):
+    """A real failed connection, not a mocked one: the live connection is closed
+    and pointed at the same server as a role that does not exist, so psycopg's
+    own error text (it names host, port and role) is what healthz must hide."""
+    saved = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict["USER"] = "no-such-role-h1"
+    try:
+        with caplog.at_level(logging.WARNING, logger="provisioning"):
+            response = client.get("/healthz")
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+    assert response.status_code == 503
+    assert response.json() == {"status": "error", "database": "unavailable"}
+    logged = caplog.text
+    assert "no-such-role-h1" in logged  # the details are in the log, for operators
+    assert "no-such-role-h1" not in response.content.decode()
