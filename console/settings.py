@@ -171,6 +171,7 @@ AXES_COOLOFF_MINUTES = envint("AXES_COOLOFF_MINUTES", "15", minimum=0)
 AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES) if AXES_COOLOFF_MINUTES else None
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HANDLER = "console.signin_throttle.AxesHandler"
 # The client's address is REMOTE_ADDR unless CLIENT_IP_HEADER names a header
 # that the edge in front sets or appends to (X-Real-IP, X-Forwarded-For); its
 # right-most address is the one the edge wrote, what a client sent sits left.

@@ -36,6 +36,18 @@ def test_production_mode_refuses_to_start_without_a_real_secret_key():
         ({"WORKLOAD_DRIVER": "kubernetes"}, "WORKLOAD_DRIVER must be one of"),
         ({"Q_TIMEOUT": "2000", "Q_RETRY": "1000"}, "Q_TIMEOUT must be below Q_RETRY"),
         ({"EMAIL_PORT": "twenty-five"}, "EMAIL_PORT must be a whole number"),
+        ({"SECURE_SSL_REDIRECT": "maybe"}, "SECURE_SSL_REDIRECT must be one of"),
+        ({"SECURE_PROXY_SSL_HEADER": "https"}, "SECURE_PROXY_SSL_HEADER must be one of"),
+        ({"SESSION_COOKIE_SECURE": "2"}, "SESSION_COOKIE_SECURE must be one of"),
+        ({"CSRF_COOKIE_SECURE": "y"}, "CSRF_COOKIE_SECURE must be one of"),
+        ({"SECURE_HSTS_SECONDS": "1 year"}, "SECURE_HSTS_SECONDS must be a whole number"),
+        ({"SECURE_HSTS_SECONDS": "-1"}, "SECURE_HSTS_SECONDS must be at least 0"),
+        ({"SECURE_HSTS_PRELOAD": "sure"}, "SECURE_HSTS_PRELOAD must be one of"),
+        ({"AXES_FAILURE_LIMIT": "0"}, "AXES_FAILURE_LIMIT must be at least 1"),
+        ({"AXES_COOLOFF_MINUTES": "15m"}, "AXES_COOLOFF_MINUTES must be a whole number"),
+        ({"AXES_COOLOFF_MINUTES": "-5"}, "AXES_COOLOFF_MINUTES must be at least 0"),
+        ({"CLIENT_IP_HEADER": "HTTP_X_REAL_IP"}, "CLIENT_IP_HEADER must be a header name"),
+        ({"PASSWORD_RESET_ENABLED": "perhaps"}, "PASSWORD_RESET_ENABLED must be one of"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(env, message):
