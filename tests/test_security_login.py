@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 from datetime import timedelta
 
+import httpx
 import pytest
 from axes.models import AccessAttempt
 from django.core import mail
@@ -20,6 +22,7 @@ from django.urls import clear_url_caches
 from django.utils import timezone
 
 import console.urls
+from tests.browser_support import Daphne
 from tests.conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.django_db
@@ -59,6 +62,27 @@ def test_five_wrong_passwords_lock_that_user_at_that_address_with_a_message(clie
     # Now even the right password is refused, and nobody is signed in.
     assert sign_in(client, PASSWORD).status_code == 429
     assert not is_signed_in(client)
+
+
+@pytest.mark.django_db(transaction=True)  # daphne reads the committed user
+def test_daphne_refuses_the_sixth_try_with_the_lockout_page(operator, tmp_path):
+    server = Daphne(tmp_path)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", trust_env=False) as web:
+            form = web.get("/accounts/login/").text
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+
+            def post(password):
+                data = {"username": "olivia", "password": password, "csrfmiddlewaretoken": token}
+                return web.post("/accounts/login/", data=data)
+
+            assert [post("wrong").status_code for _ in range(5)] == [200] * 4 + [429]
+            refused = post(PASSWORD)
+    finally:
+        server.stop()
+    assert refused.status_code == 429
+    assert "Too many failed sign-ins for this account from this address." in refused.text
+    assert "manage.py axes_reset_username olivia" in refused.text
 
 
 def test_the_same_user_from_another_address_and_another_user_from_this_one_sign_in(
