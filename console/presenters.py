@@ -266,7 +266,9 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
     for step in steps:
         mark, css, text = MARKS.get(step.status, ("?", "pending", step.status))
         definition = BY_ID.get(step.step_id)
-        max_attempts = definition.budget(tenant.plan)[0] if definition else step.attempts
+        max_attempts = (
+            definition.budget(tenant.plan, strict=False)[0] if definition else step.attempts
+        )
         was_failing = bool(failing) and step.step_id == failing
         if was_failing and cancelled:
             # Where the cancel caught the run: its own mark, then undone like the rest.
@@ -398,6 +400,14 @@ def error_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]
             .order_by("-seq")
             .first()
         )
+    summary = ""
+    if category == "platform" and run.kind == Kind.PROVISION:
+        # What happened, in words: the error below is for whoever fixes the bug.
+        where = f" while running {label_of(stopped.step_id)}" if stopped else ""
+        summary = (
+            f"The provisioning engine hit an unexpected error or lost its worker "
+            f"{run.resumes} time{'s' if run.resumes != 1 else ''}{where} and gave up."
+        )
     if run.kind == Kind.DECOMMISSION:
         heading = "Decommission failed"
         next_action = "Look at the steps' logs, fix what blocks removal, then decommission again."
@@ -418,6 +428,7 @@ def error_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]
         "error": run.error,
         "category": category,
         "category_title": title,
+        "summary": summary,
         "next_action": next_action,
         "resources": resources,
     }

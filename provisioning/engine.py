@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from provisioning import faults, ledger, stall
 from provisioning.context import RunState, StepContext
-from provisioning.errors import Cancelled, Fenced, classify
+from provisioning.errors import Cancelled, Fenced, StepError, classify, platform_error
 from provisioning.models import ProvisioningRun, StepRun
 from provisioning.steps import STEPS, Step, step_at
 
@@ -100,10 +100,19 @@ class Heartbeat(threading.Thread):
 
 
 def advance(run_id: int) -> str:
-    """Advance a run as far as it goes. Returns what happened, for the task result."""
+    """Advance a run as far as it goes. Returns what happened, for the task result.
+
+    An exception that escapes the steps' own handling (a bug, an invalid plan
+    budget, a StepMismatch, a database that went away) is a platform error:
+    recorded on the run and its step, the traceback in the worker's log, and
+    the lease released so the reaper resumes the run. Each such resume counts
+    (ledger.claim); past PROVISIONING_MAX_RESUMES the claim gives up instead
+    (see _give_up), so a poison run ends failed rather than looping forever.
+    """
     lease = ledger.claim(run_id, lease_owner(), settings.PROVISIONING_LEASE_SECONDS)
     if lease is None:
         return "not claimed: finished, or another worker holds the lease"
+    over = lease.resumes - settings.PROVISIONING_MAX_RESUMES
     state = RunState(lease)
     beat = Heartbeat(state)
     beat.start()
@@ -111,14 +120,61 @@ def advance(run_id: int) -> str:
         run = ProvisioningRun.objects.select_related("tenant", "tenant__plan", "created_by").get(
             pk=run_id
         )
+        if over > 1:
+            # Giving up was itself interrupted (a crash while undoing): stop here.
+            return _record_platform_error(lease, None, final=True)
+        if over == 1:
+            return _give_up(state, run)
         if run.kind == ProvisioningRun.Kind.DECOMMISSION:
             return _decommission(state, run)
         return _provision(state, run)
     except Fenced as exc:
         log.info("run %s: stopped, %s", run_id, exc)
         return f"fenced: {exc}"
+    except Exception as exc:
+        error = platform_error(exc)
+        log.exception("run %s: %s (resume %s)", run_id, error, lease.resumes)
+        return _record_platform_error(lease, error, final=over >= 1)
     finally:
         beat.stop()
+
+
+def _record_platform_error(lease: ledger.Lease, error: StepError | None, *, final: bool) -> str:
+    """Put the platform error on record: the run is resumed later, or (``final``) ends failed.
+
+    ``error`` None (final only) keeps the error already on the run.
+    """
+    if connection.errors_occurred and not connection.is_usable():
+        connection.close()  # the error was the connection dying; the next query reconnects
+    try:
+        if final:
+            ledger.run_abandoned(lease, error)
+            return f"failed: {error or 'gave up after the resume limit'}"
+        ledger.platform_error(lease, error)
+    except Fenced as exc:
+        log.info("run %s: stopped, %s", lease.run_id, exc)
+        return f"fenced: {exc}"
+    except Exception:
+        # Nothing could be written (the database is away?): the lease expires
+        # on its own and the reaper resumes the run, which counts the resume.
+        log.exception("run %s: could not record the platform error", lease.run_id)
+    return f"resumable: {error}"
+
+
+def _give_up(state: RunState, run: ProvisioningRun) -> str:
+    """Past the resume limit: fail and compensate like any failure, once.
+
+    If this raises too, advance's handler abandons the run (final), so the
+    run is terminal either way and the reaper stops resuming it.
+    """
+    log.warning("run %s: resumed %s times; giving up", run.pk, state.lease.resumes)
+    if run.kind == ProvisioningRun.Kind.DECOMMISSION:
+        return _decommission(state, run)  # one last try: a decommission undoes everything
+    if ledger.gave_up(state.lease):
+        return _compensate_and_fail(state, run, _steps_of(run), cancelled=False)
+    # A best-effort step was given up (the tenant does not fail for it), or
+    # every step was done: finish the run.
+    return _provision(state, run)
 
 
 def _steps_of(run: ProvisioningRun) -> list[StepRun]:
@@ -200,7 +256,8 @@ def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> boo
     """Undo one step, retrying a few times; a cancel does not stop an undo."""
     lease = state.lease
     ledger.step_compensating(lease, step_run)
-    ctx = StepContext(state, run, step_run, step.budget(run.tenant.plan)[1])
+    # Undo must not depend on a plan budget the engine refused: defaults then.
+    ctx = StepContext(state, run, step_run, step.budget(run.tenant.plan, strict=False)[1])
     last_error = ""
     for attempt in range(1, COMPENSATION_ATTEMPTS + 1):
         if state.lost.is_set():

@@ -78,6 +78,11 @@ CATEGORIES = {
         "Injected fault",
         "Provision again without the --fault option.",
     ),
+    "platform": (
+        "Platform error",
+        "This is a bug or fault in the platform, not in the tenant's request: report it with "
+        "the diagnostics bundle (Copy diagnostics); after a fix, retry.",
+    ),
     "unknown": (
         "Unexpected error",
         "Read the step's log; retry, or escalate with the diagnostics.",
@@ -109,3 +114,16 @@ def classify(exc: BaseException) -> StepError:
     if isinstance(exc, OSError | TimeoutError):
         return TransientError(text)
     return TransientError(f"{exc.__class__.__name__}: {text}")
+
+
+def platform_error(exc: BaseException) -> PermanentError:
+    """An exception that escaped the engine itself rather than a step: a platform bug.
+
+    Retrying the step would not help (the same code runs again), so it is
+    permanent; the run is resumed a bounded number of times (see engine.advance)
+    in case the cause was passing, such as a database restart.
+    """
+    text = str(exc) or "no message"
+    return PermanentError(
+        f"platform error: {exc.__class__.__name__}: {text}"[:2000], category="platform"
+    )

@@ -123,7 +123,7 @@ def default_seconds(step_id: str, plan=None) -> float:
     seconds += PER_REPLICA_SECONDS.get(step_id, 0.0) * (replicas - 1)
     step = BY_ID.get(step_id)
     if step is not None and plan is not None:
-        _, budget = step.budget(plan)
+        _, budget = step.budget(plan, strict=False)
         seconds = min(seconds, budget)
     return max(MIN_SECONDS, float(seconds))
 

@@ -13,14 +13,17 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from provisioning.audit import announce, record_event, topics_for
-from provisioning.errors import Cancelled, Fenced, StepError
+from provisioning.errors import Cancelled, Fenced, PermanentError, StepError
 from provisioning.models import ProvisioningRun, StepLogLine, StepRun
+from provisioning.status import current_step
+from provisioning.steps import BY_ID, label_of
 from tenants.models import Tenant
 
 Status = StepRun.Status
@@ -34,6 +37,8 @@ class Lease:
     run_id: int
     owner: str
     fence: int
+    # The run's resume count as this claim left it (see claim).
+    resumes: int = 0
 
 
 def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
@@ -41,7 +46,9 @@ def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
 
     One conditional UPDATE decides between racing workers: exactly one sees
     its row change. The database's clock is the only clock, so hosts with
-    skewed clocks still agree on expiry.
+    skewed clocks still agree on expiry. A claim of a run that had already
+    started (its worker died, or an unexpected error let the lease go) counts
+    a resume in the same statement, so two racing claims cannot both miss it.
     """
     with connection.cursor() as cursor:
         cursor.execute(
@@ -51,16 +58,17 @@ def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
                    lease_expires_at = now() + make_interval(secs => %s),
                    heartbeat_at = now(),
                    fence = fence + 1,
+                   resumes = resumes + CASE WHEN status = 'queued' THEN 0 ELSE 1 END,
                    status = CASE WHEN status = 'queued' THEN 'running' ELSE status END
              WHERE id = %s
                AND status = ANY(%s)
                AND (lease_expires_at IS NULL OR lease_expires_at < now())
-         RETURNING fence
+         RETURNING fence, resumes
             """,
             [owner, ttl, run_id, LIVE],
         )
         row = cursor.fetchone()
-    return Lease(run_id, owner, row[0]) if row else None
+    return Lease(run_id, owner, row[0], row[1]) if row else None
 
 
 def heartbeat(lease: Lease, ttl: float) -> bool:
@@ -280,6 +288,11 @@ def step_compensated(lease: Lease, step: StepRun, *, error: str = "") -> None:
 
 def run_succeeded(lease: Lease) -> None:
     with fenced(lease, during_cancel=True) as run:
+        # An unexpected error the run recovered from stays on its step and in
+        # the audit log; the run itself succeeded.
+        run.error = ""
+        run.error_category = ""
+        run.save(update_fields=["error_category"])  # _finish saves the error
         _finish(run, RunStatus.SUCCEEDED)
         announce(topics_for(run.tenant))
 
@@ -299,6 +312,94 @@ def run_failed(lease: Lease) -> None:
         }
         kind = "tenant.provisioning.cancelled" if run.cancelled else "tenant.provisioning.failed"
         record_event(kind, tenant=tenant, run=run, details=details)
+
+
+def _step_on(run: ProvisioningRun) -> StepRun | None:
+    """The step the run was busy with, or about to run, when it was interrupted."""
+    return current_step(run, list(run.steps.order_by("position")))
+
+
+def platform_error(lease: Lease, error: StepError) -> None:
+    """Record an unexpected error of the engine itself, and let go of the lease.
+
+    The error goes on the run (unless it is already undoing an earlier
+    failure, whose error stays the reason), on the step it was on (with a
+    log line) and in a ``step_retrying`` event: the run will be resumed at
+    that step. The lease is released rather than left to expire, so the
+    reaper's next pass resumes it (and the claim counts the resume).
+    """
+    with fenced(lease, during_cancel=True) as run:
+        step = _step_on(run)
+        if step is not None:
+            if step.status == Status.RUNNING:
+                step.status = Status.RETRYING
+            step.error = str(error)
+            step.error_category = error.category
+            step.save(update_fields=["status", "error", "error_category"])
+            StepLogLine.objects.create(step=step, message=str(error)[:4000], level="error")
+        if run.status != RunStatus.COMPENSATING:
+            run.error = str(error)
+            run.error_category = error.category
+            run.save(update_fields=["error", "error_category"])
+        # The database's clock, as in claim: expired now for every host.
+        ProvisioningRun.objects.filter(pk=run.pk).update(lease_owner="", lease_expires_at=Now())
+        details = {"error": str(error), "category": error.category}
+        details |= {"resumes": run.resumes, "max_resumes": settings.PROVISIONING_MAX_RESUMES}
+        record_event(
+            "tenant.provisioning.step_retrying",
+            tenant=run.tenant,
+            run=run,
+            details=_step_details(step, **details) if step else details,
+        )
+
+
+def gave_up(lease: Lease) -> bool:
+    """Past PROVISIONING_MAX_RESUMES: fail the step the run kept breaking on. Returns
+    whether the run fails with it (and so compensates); a best-effort step fails
+    alone, as it would from any error.
+
+    The error is the last unexpected one, or, when only crashes interrupted
+    the run, says so. A run already compensating keeps the failure it is
+    undoing; one with no step left to give up on just finishes.
+    """
+    with transaction.atomic():
+        with fenced(lease, during_cancel=True) as run:
+            if run.status == RunStatus.COMPENSATING:
+                return True
+            step = _step_on(run)
+            if step is None:
+                return False
+            text = run.error
+            if run.error_category != "platform":
+                where = f" while running {label_of(step.step_id)}"
+                text = f"platform error: the worker stopped {run.resumes} times{where}"
+        best_effort = step.step_id in BY_ID and BY_ID[step.step_id].best_effort
+        step_failed(lease, step, PermanentError(text, category="platform"), best_effort=best_effort)
+        return not best_effort
+
+
+def run_abandoned(lease: Lease, error: StepError | None) -> None:
+    """The last resort after the resume limit: the run ends failed, whatever is left undone.
+
+    Used when giving up (compensation, or a decommission's last try) itself
+    raised (``error``) or was interrupted (None: the error on record stays):
+    nothing is retried again, so the reaper stops here; what is still there
+    shows on the error card, and a decommission removes it.
+    """
+    with transaction.atomic(), fenced(lease, during_cancel=True) as run:
+        step = _step_on(run)
+        if error is not None:
+            run.error = str(error)
+        elif not run.error:
+            run.error = f"platform error: the worker stopped {run.resumes} times"
+        run.error_category = "platform"
+        run.failed_step = run.failed_step or (step.step_id if step else "")
+        run.save(update_fields=["failed_step", "error", "error_category"])
+        # Nested in this transaction: the run never shows the error without its end.
+        if run.kind == ProvisioningRun.Kind.DECOMMISSION:
+            decommission_finished(lease, error=run.error)
+        else:
+            run_failed(lease)
 
 
 def decommission_finished(lease: Lease, *, error: str = "") -> None:

@@ -3,7 +3,10 @@
 The queue does not guarantee resumption: the Redis broker loses a task whose
 worker dies, and the ORM broker re-delivers only after `retry` seconds. A run
 in flight whose lease expired, or that was never claimed, is enqueued again;
-the lease makes a duplicate delivery harmless.
+the lease makes a duplicate delivery harmless. A run that keeps breaking its
+worker does not come back forever: each resume is counted when claimed, and
+past PROVISIONING_MAX_RESUMES the engine fails it (see engine.advance), after
+which it is not in flight and nothing here picks it up.
 """
 
 from __future__ import annotations

@@ -1,13 +1,30 @@
+from django import forms
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from console.admin_base import ReadOnlyAdmin
+from provisioning.steps import validate_step_budgets
+from provisioning.steps.base import InvalidBudgets
 from tenants.models import Plan, Tenant
+
+
+class PlanForm(forms.ModelForm):
+    # No Meta: the admin builds it from PlanAdmin's fields (modelform_factory).
+
+    def clean_step_budgets(self):
+        """The engine's own check: a plan saved here never stops a run on a bad budget."""
+        value = self.cleaned_data["step_budgets"]
+        try:
+            validate_step_budgets(value)
+        except InvalidBudgets as exc:
+            raise forms.ValidationError(exc.problems, code="invalid_budgets") from exc
+        return value or {}  # an emptied field means "the steps' defaults", not JSON null
 
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
+    form = PlanForm
     list_display = (
         "name",
         "display_name",

@@ -1,7 +1,7 @@
 """The saga: one ordered list drives "Step N/M" everywhere."""
 
 from provisioning.steps.activate import MarkActive
-from provisioning.steps.base import Step
+from provisioning.steps.base import Step, parse_budgets
 from provisioning.steps.emails import SendWelcomeEmails
 from provisioning.steps.identity import AllocateIdentity
 from provisioning.steps.network import AllocateNetwork
@@ -40,3 +40,8 @@ def label_of(step_id: str) -> str:
 
 def position_of(step_id: str) -> int | None:
     return STEP_IDS.index(step_id) + 1 if step_id in STEP_IDS else None
+
+
+def validate_step_budgets(value) -> dict[str, dict]:
+    """Plan.step_budgets checked against this saga's steps; raises InvalidBudgets."""
+    return parse_budgets(value, STEP_IDS)
