@@ -19,6 +19,7 @@ import secrets
 
 import psycopg
 from django.apps import apps
+from django.db.migrations.recorder import MigrationRecorder
 from psycopg import sql
 
 from provisioning.models import AuditEvent
@@ -32,6 +33,7 @@ NAME_RE = re.compile(r"(?!pg_)[a-z_][a-z0-9_]{0,62}")
 # What the console does to its tables, and to the audit log (append only).
 TABLE_PRIVILEGES = sql.SQL("SELECT, INSERT, UPDATE, DELETE")
 AUDIT_PRIVILEGES = sql.SQL("SELECT, INSERT")
+AUDIT_TABLE = AuditEvent._meta.db_table
 # Identity columns (Django's AutoField) draw from sequences.
 SEQUENCE_PRIVILEGES = sql.SQL("USAGE, SELECT")
 
@@ -49,15 +51,22 @@ def name_error(name: str) -> str | None:
     )
 
 
-def app_tables() -> list[str]:
-    """The tables of every installed model (django_q's and the sessions' included)."""
-    return sorted(
-        {
-            model._meta.db_table
-            for model in apps.get_models(include_auto_created=True)
-            if model._meta.managed and not model._meta.proxy
-        }
-    )
+def app_tables() -> dict[str, sql.SQL]:
+    """Every table the console uses, with what the app role may do to it.
+
+    The tables of every installed model (django_q's and the sessions'
+    included); the audit events only read and appended; the migrations table
+    only read, so a deploy can ask `migrate --check` as the app role while
+    only the owner migrates.
+    """
+    tables = {
+        model._meta.db_table: TABLE_PRIVILEGES
+        for model in apps.get_models(include_auto_created=True)
+        if model._meta.managed and not model._meta.proxy
+    }
+    tables[MigrationRecorder.Migration._meta.db_table] = sql.SQL("SELECT")
+    tables[AUDIT_TABLE] = AUDIT_PRIVILEGES
+    return tables
 
 
 def ensure_app_role(
@@ -77,8 +86,9 @@ def ensure_app_role(
     if password is not None and (not password or "\x00" in password):
         raise RoleError("the password must be non-empty and contain no NUL")
     role = sql.Identifier(name)
+    wanted = app_tables()
     with conn.transaction(), conn.cursor() as cur:
-        tables, owner = _locate_tables(cur)
+        tables, owner = _locate_tables(cur, sorted(wanted))
         created = _create_or_update(cur, name, owner)
         generated = secrets.token_urlsafe(32) if created and password is None else None
         if password or generated:
@@ -92,22 +102,20 @@ def ensure_app_role(
         )
         for schema in sorted(set(tables.values())):
             _grant_schema(cur, sql.Identifier(schema), role, sql.Identifier(owner))
-        audit = AuditEvent._meta.db_table
-        for table, schema in tables.items():
-            privileges = AUDIT_PRIVILEGES if table == audit else TABLE_PRIVILEGES
+        for table, privileges in wanted.items():
             cur.execute(
                 sql.SQL("GRANT {} ON TABLE {} TO {}").format(
-                    privileges, sql.Identifier(schema, table), role
+                    privileges, sql.Identifier(tables[table], table), role
                 )
             )
         _adopt_tenant_schemas(cur, name)
-        _check_log_is_safe(cur, name, sql.Identifier(tables[audit], audit).as_string(cur))
+        audit = sql.Identifier(tables[AUDIT_TABLE], AUDIT_TABLE).as_string(cur)
+        _check_log_is_safe(cur, name, audit)
     return created, generated
 
 
-def _locate_tables(cur) -> tuple[dict[str, str], str]:
-    """The schema of every app table, by table name, and their one owner."""
-    names = app_tables()
+def _locate_tables(cur, names: list[str]) -> tuple[dict[str, str], str]:
+    """The schema of each of the tables ``names``, by name, and their one owner."""
     rows = cur.execute(
         "SELECT t.name, n.nspname, pg_get_userbyid(c.relowner) "
         "FROM unnest(%s::text[]) AS t(name) "

@@ -114,6 +114,7 @@ def test_the_owner_cannot_truncate_the_audit_log(owner, event):
         ("DROP TABLE provisioning_auditevent CASCADE", "must be owner"),
         ("SET session_replication_role = replica", "permission denied to set parameter"),
         ("SET ROLE {owner}", "permission denied to set role"),
+        ("INSERT INTO django_migrations (app, name, applied) VALUES ('a', 'b', now())", "denied"),
     ],
 )
 def test_the_app_role_cannot_rewrite_the_audit_log(owner, app, event, statement, refusal):
@@ -156,6 +157,11 @@ def test_the_app_role_runs_the_saga_and_decommissions(app, plans, settings):
         with connection.cursor() as cursor:
             cursor.execute("SELECT current_user")
             assert cursor.fetchone()[0] == app.name
+
+
+def test_the_app_role_can_check_that_migrations_are_applied(app):
+    with signed_in_as(app.name, app.password):
+        call_command("migrate", "--check", verbosity=0)  # exits 1 when one is not
 
 
 def test_tables_a_later_migration_makes_are_usable_at_once(owner, app):
