@@ -6,21 +6,24 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 # Build the Django app first: it sets up the app registry that consumers need.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
 from console.routing import websocket_urlpatterns  # noqa: E402
+from console.ws_security import ConsoleOriginValidator  # noqa: E402
 from provisioning.traffic.proxy import TenantTrafficRouter  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Tenant hosts (<slug>-<org>.<BASE_DOMAIN>) are proxied to the tenant's
         # replicas before Django sees them (websockets to them are refused);
-        # every other host is the console.
+        # every other host is the console. A console websocket must come from
+        # one of the console's own pages (Origin), and carry a session the
+        # consumer checks itself (on connect and before each push), so only
+        # the session, not channels' user, is put in the scope.
         "http": TenantTrafficRouter(django_asgi_app),
         "websocket": TenantTrafficRouter(
-            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+            ConsoleOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

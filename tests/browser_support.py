@@ -56,7 +56,8 @@ class Daphne:
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
              "console.asgi:application"],
             cwd=ROOT,
-            env=subprocess_env(BASE_DOMAIN=f"localhost:{self.port}"),
+            # SITE_URL is the page's origin, which the console's websockets require.
+            env=subprocess_env(BASE_DOMAIN=f"localhost:{self.port}", SITE_URL=self.url),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -35,8 +35,9 @@ def make_tenant(slug="acme"):
     return actions.create_tenant(slug=slug, org="demo", plan="free", admin_email="a@example.com")
 
 
-def communicator(path, cookie=None, origin=b"http://localhost:8000"):
-    headers = [(b"origin", origin), (b"host", b"localhost:8000")]
+def communicator(path, cookie=None, origin=None):
+    """A client of the real ASGI app; by default from the console's own page (SITE_URL)."""
+    headers = [(b"origin", origin or settings.SITE_URL.encode()), (b"host", b"localhost:8000")]
     if cookie:
         headers.append((b"cookie", cookie))
     return WebsocketCommunicator(application, path, headers=headers)
@@ -49,11 +50,17 @@ async def open_detail(tenant, cookie) -> tuple[WebsocketCommunicator, str]:
     return ws, await ws.receive_from(timeout=5)
 
 
+async def assert_signed_out(ws: WebsocketCommunicator) -> None:
+    """The socket says "signed out" (4401) before sending any state, and closes."""
+    connected, _ = await ws.connect()
+    assert connected  # accepted only so that the page learns why
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+    await ws.disconnect()
+
+
 async def test_an_anonymous_socket_is_refused(plans):
     tenant = await make_tenant()
-    ws = communicator(f"/ws/tenants/{tenant.slug}/")
-    connected, _ = await ws.connect()
-    assert not connected
+    await assert_signed_out(communicator(f"/ws/tenants/{tenant.slug}/"))
 
 
 async def test_a_foreign_origin_is_refused(operator):

@@ -6,20 +6,32 @@ import contextlib
 import pytest
 from channels.db import database_sync_to_async
 from django.db import connection, transaction
+from django.test import Client
 
 from provisioning import actions
 from provisioning.audit import announce, record_event
 from provisioning.live import hub as hub_module
+from provisioning.live.access import Grant
 from provisioning.live.hub import Hub
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
+@pytest.fixture
+def grant(operator) -> Grant:
+    """A signed-in operator's grant, as a consumer holds it: the hub checks it before pushing."""
+    client = Client()
+    client.force_login(operator)
+    return Grant(client.session.session_key, operator.pk, "operator")
+
+
 class FakeSubscriber:
     """Counts renders and deliveries; stands in for a websocket consumer."""
 
-    def __init__(self, topics, key=("k",)):
+    def __init__(self, topics, grant: Grant, key=("k",)):
         self.topics = set(topics)
+        self.grant = grant
+        self.revoked: list[int] = []
         self.key = key
         self.renders = 0
         self.delivered: list[str] = []
@@ -35,6 +47,9 @@ class FakeSubscriber:
     async def deliver(self, html: str) -> None:
         self.delivered.append(html)
         self.got.set()
+
+    async def revoke(self, code: int) -> None:
+        self.revoked.append(code)
 
 
 async def wait_delivery(subscriber, timeout=5.0):
@@ -61,9 +76,9 @@ async def running_hub(*subscribers):
         await hub.stop()
 
 
-async def test_a_notification_reaches_every_subscriber_of_its_topic_only():
-    first, second = FakeSubscriber({"tenant-1"}), FakeSubscriber({"tenant-1"})
-    other = FakeSubscriber({"tenant-2"}, key=("other",))
+async def test_a_notification_reaches_every_subscriber_of_its_topic_only(grant):
+    first, second = FakeSubscriber({"tenant-1"}, grant), FakeSubscriber({"tenant-1"}, grant)
+    other = FakeSubscriber({"tenant-2"}, grant, key=("other",))
     async with running_hub(first, second, other):
         await notify(["tenant-1"])
         await wait_delivery(first)
@@ -74,8 +89,8 @@ async def test_a_notification_reaches_every_subscriber_of_its_topic_only():
         assert first.delivered == second.delivered
 
 
-async def test_a_rolled_back_change_is_never_pushed():
-    subscriber = FakeSubscriber({"audit"})
+async def test_a_rolled_back_change_is_never_pushed(grant):
+    subscriber = FakeSubscriber({"audit"}, grant)
 
     @database_sync_to_async
     def rolled_back():
@@ -89,8 +104,8 @@ async def test_a_rolled_back_change_is_never_pushed():
         assert subscriber.delivered == []
 
 
-async def test_a_burst_of_notifications_renders_once():
-    subscriber = FakeSubscriber({"tenants"})
+async def test_a_burst_of_notifications_renders_once(grant):
+    subscriber = FakeSubscriber({"tenants"}, grant)
 
     @database_sync_to_async
     def burst():
@@ -105,9 +120,9 @@ async def test_a_burst_of_notifications_renders_once():
         assert subscriber.renders <= 3
 
 
-async def test_the_listener_reconnects_and_refreshes_everyone(monkeypatch):
+async def test_the_listener_reconnects_and_refreshes_everyone(grant, monkeypatch):
     monkeypatch.setattr(hub_module, "BACKOFF_START", 0.1)
-    subscriber = FakeSubscriber({"tenant-9"})
+    subscriber = FakeSubscriber({"tenant-9"}, grant)
 
     @database_sync_to_async
     def kill_listener():
@@ -126,23 +141,23 @@ async def test_the_listener_reconnects_and_refreshes_everyone(monkeypatch):
         await wait_delivery(subscriber)
 
 
-async def test_while_a_run_is_live_pages_resync_without_any_notification(plans, monkeypatch):
+async def test_while_a_run_is_live_pages_resync_without_any_notification(grant, plans, monkeypatch):
     monkeypatch.setattr(hub_module, "RESYNC_SECONDS", 0.2)
     tenant = await database_sync_to_async(actions.create_tenant)(
         slug="acme", org="demo", plan="free", admin_email="a@example.com"
     )
-    subscriber = FakeSubscriber({f"tenant-{tenant.pk}"})
+    subscriber = FakeSubscriber({f"tenant-{tenant.pk}"}, grant)
     async with running_hub(subscriber):
         await wait_delivery(subscriber, timeout=5)
         assert subscriber.renders >= 1
 
 
-async def test_a_change_landing_while_a_socket_renders_its_first_state_is_pushed_after():
+async def test_a_change_landing_while_a_socket_renders_its_first_state_is_pushed_after(grant):
     """A consumer reads ``notified``, renders, then joins: what came in between is re-sent."""
-    async with running_hub(FakeSubscriber({"audit"})) as hub:
-        quiet = FakeSubscriber({"tenant-4"})
+    async with running_hub(FakeSubscriber({"audit"}, grant)) as hub:
+        quiet = FakeSubscriber({"tenant-4"}, grant)
         hub.join(quiet, hub.notified)  # nothing arrived since: nothing to re-send
-        late = FakeSubscriber({"tenant-5"}, key=("late",))
+        late = FakeSubscriber({"tenant-5"}, grant, key=("late",))
         since = hub.notified
         await notify(["tenant-5"])  # lands after the first render, before joining
         for _ in range(100):
@@ -156,10 +171,10 @@ async def test_a_change_landing_while_a_socket_renders_its_first_state_is_pushed
         assert quiet.delivered == []
 
 
-async def test_the_first_socket_is_rendered_again_once_the_listener_listens():
+async def test_the_first_socket_is_rendered_again_once_the_listener_listens(grant):
     """Before LISTEN nothing is heard, so a change then could miss the first render."""
     hub = Hub()
-    first = FakeSubscriber({"tenant-6"})
+    first = FakeSubscriber({"tenant-6"}, grant)
     try:
         hub.join(first, hub.notified)  # starts the listener
         await asyncio.wait_for(hub.connected.wait(), 10)

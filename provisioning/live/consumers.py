@@ -4,6 +4,10 @@ Every consumer sends the full current state on connect (so a reconnecting
 tab catches up), then whatever the hub pushes. Frames from the browser are
 optional: ``{"action": "refresh"}`` re-sends the state; anything else gets an
 error frame and changes nothing.
+
+Who may watch is decided by ``provisioning.live.access`` from the session
+cookie, on connect and again before every push and refresh; which pages may
+open a socket at all, by ``console.ws_security`` in front of these.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils.html import escape
 
+from provisioning.live import access
 from provisioning.live.hub import get_hub
 
 MAX_FRAME = 4096
-REJECT_UNAUTHENTICATED = 4401
 REJECT_NOT_FOUND = 4404
 
 
@@ -34,19 +38,27 @@ class LiveConsumer(AsyncWebsocketConsumer):
     """Base: authentication, hub registration, inbound frame checking."""
 
     topics: set[str]
+    grant: access.Grant
+    revoked = False
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=REJECT_UNAUTHENTICATED)  # before accept: handshake refused
+        session = self.scope.get("session")
+        found = await database_sync_to_async(access.grant_for)(session and session.session_key)
+        if found is None:
+            # Accepted, then closed with the reason: a refused handshake reaches
+            # the page only as 1006, which it would retry forever; 4401 sends it
+            # to the sign-in page. The origin was checked before this point.
+            await self.accept()
+            await self.revoke(access.SIGNED_OUT)
             return
-        self.user = user
-        self.role = await database_sync_to_async(_role_of)(user)
+        self.user, self.grant = found
+        self.role = self.grant.role
         if not await self.setup():
             await self.close(code=REJECT_NOT_FOUND)
             return
         await self.accept()
         hub = get_hub()
+        hub.gate.note(self.grant)
         since = hub.notified
         await self.deliver(await database_sync_to_async(self.render)())
         hub.join(self, since)
@@ -57,7 +69,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if hub is not None:
             hub.remove(self)
 
+    async def revoke(self, code: int) -> None:
+        if not self.revoked:  # the hub and a refresh frame may both find it out
+            self.revoked = True
+            await self.close(code=code)
+
     async def receive(self, text_data=None, bytes_data=None) -> None:
+        if self.revoked:
+            return  # closing: answers nothing more
         if bytes_data is not None or text_data is None:
             await self.send(text_data=error_frame("Binary frames are not understood here."))
             return
@@ -66,11 +85,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         try:
             message = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
             await self.send(text_data=error_frame("Frames must be JSON; nothing was done."))
             return
         if isinstance(message, dict) and message.get("action") == "refresh":
-            await self.deliver(await database_sync_to_async(self.render)())
+            if await self.hub.admit([self]):
+                await self.deliver(await database_sync_to_async(self.render)())
             return
         await self.send(text_data=error_frame("Unknown request; nothing was done."))
 
@@ -90,12 +110,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     def render(self) -> str:
         return "".join(render() for _key, render in self.parts())
-
-
-def _role_of(user) -> str:
-    from tenants.access import role_of
-
-    return role_of(user)
 
 
 class TenantDetailConsumer(LiveConsumer):

@@ -6,6 +6,10 @@ change it renders each affected view once per distinct render key (page kind,
 tenant, role, filters) and sends the same HTML to every consumer that shares
 the key, as htmx out-of-band swaps.
 
+Before anything is rendered for a socket, the hub's gate asks whether the
+socket's session still signs in its user with its role (``access``), and
+closes those where it does not.
+
 Two safety nets keep tabs converging on the database even when a
 notification is lost: when the listener reconnects it refreshes every
 subscriber (notifications in the gap are gone), and while any run is in
@@ -27,6 +31,7 @@ from channels.db import database_sync_to_async
 from django.db import connections
 
 from provisioning.audit import CHANNEL
+from provisioning.live.access import Gate, Grant
 
 log = logging.getLogger("provisioning.live")
 
@@ -37,11 +42,15 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
 
 class Subscriber(Protocol):
     topics: set[str]
+    grant: Grant
 
     def parts(self) -> list[tuple[tuple, Callable[[], str]]]:
         """(render key, sync render function) pairs; equal keys render equal HTML."""
 
     async def deliver(self, html: str) -> None: ...
+
+    async def revoke(self, code: int) -> None:
+        """Close for good: the grant no longer holds (``code`` says why)."""
 
 
 def conninfo() -> dict:
@@ -74,6 +83,7 @@ class Hub:
         self.listener_generation = 0  # bumps on every (re)connect, for tests
         self.notified = 0  # notifications received, whoever they were for
         self.joined_unheard: set[str] = set()  # topics joined while not listening
+        self.gate = Gate()
 
     # -- registry ---------------------------------------------------------
     def add(self, subscriber: Subscriber) -> None:
@@ -102,6 +112,13 @@ class Hub:
             self.subscribers[topic].discard(subscriber)
             if not self.subscribers[topic]:
                 del self.subscribers[topic]
+
+    async def admit(self, subscribers) -> list[Subscriber]:
+        """Those of ``subscribers`` that may still be sent to; the rest are revoked and dropped."""
+        admitted = await self.gate.admit(subscribers)
+        for subscriber in set(subscribers).difference(admitted):
+            self.remove(subscriber)
+        return admitted
 
     def mark(self, topics, seq: int | None = None) -> None:
         wanted = {t for t in topics if t in self.subscribers}
@@ -182,9 +199,10 @@ class Hub:
                 log.exception("live flush failed for %s", sorted(topics))
 
     async def flush(self, topics: set[str], seqs: set[int] = frozenset()) -> None:
-        targets: set[Subscriber] = set()
+        candidates: set[Subscriber] = set()
         for topic in topics:
-            targets |= self.subscribers.get(topic, set())
+            candidates |= self.subscribers.get(topic, set())
+        targets = await self.admit(candidates)
         if not targets:
             return
         toasts = await _db_call(_toasts_for, sorted(seqs)) if seqs else {}
