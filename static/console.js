@@ -73,8 +73,20 @@
   document.addEventListener("htmx:wsClose", function (evt) {
     if (unloading) return;
     var code = evt.detail && evt.detail.event ? evt.detail.event.code : 0;
-    if (code === 4401 || code === 4403) {
-      setLive("offline", "Signed out — reload");
+    // The server closes with 4401 when the session no longer signs this user
+    // in (signed out, deactivated, password changed): reconnecting would only
+    // be refused again, so go and sign in. 4403: still signed in, with another
+    // role; the whole page was rendered for the old one, so reload it.
+    if (code === 4401) {
+      setLive("offline", "Signed out");
+      window.location.assign(
+        "/accounts/login/?next=" + encodeURIComponent(location.pathname + location.search)
+      );
+      return;
+    }
+    if (code === 4403) {
+      setLive("offline", "Role changed — reloading");
+      window.location.reload();
       return;
     }
     setLive("reconnecting", "Reconnecting…");
