@@ -36,7 +36,12 @@ def parse_database_url(url: str, conn_max_age: int = 0) -> dict:
         # with 0). Health checks drop a connection the server closed.
         "CONN_MAX_AGE": conn_max_age,
         "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"application_name": "tenant-console"},
+        # search_path pinned to the app's schema: the default puts "$user"
+        # first, and the app role may create schemas (one per tenant), so it
+        # could create one named after the owner, full of look-alike tables
+        # and functions that the owner's `migrate` would then use
+        # (docs/DATABASE.md). Tenant schemas are always named explicitly.
+        "OPTIONS": {"application_name": "tenant-console", "options": "-c search_path=public"},
     }
 
 

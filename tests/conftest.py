@@ -89,7 +89,8 @@ def _flush_as_owner(ops, sql_list):
     ]
     if not APP_ROLE:
         return _execute_sql_flush(ops, statements)
-    with psycopg.connect(owner_database_url()) as owner:  # commits on leaving
+    # The app's connection options (its search_path); commits on leaving.
+    with psycopg.connect(owner_database_url(), **connection.settings_dict["OPTIONS"]) as owner:
         for statement in statements:
             owner.execute(statement)
 

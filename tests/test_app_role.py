@@ -164,6 +164,22 @@ def test_the_app_role_can_check_that_migrations_are_applied(app):
         call_command("migrate", "--check", verbosity=0)  # exits 1 when one is not
 
 
+def test_a_schema_named_after_the_owner_does_not_capture_the_owners_queries(owner, app):
+    """The app role may create schemas; one named after the owner is first on its default path."""
+    squat = sql.Identifier(owner.info.user)
+    app.conn.execute(sql.SQL("CREATE SCHEMA {}").format(squat))
+    app.conn.execute(sql.SQL("CREATE TABLE {}.tenants_plan (name text)").format(squat))
+    app.conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(squat))
+    where = (
+        "SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'tenants_plan'::regclass"
+    )
+    assert owner.execute(where).fetchone()[0] == owner.info.user  # the default path: captured
+    # As the console's settings connect (console/database.py), the owner's migrate included.
+    options = connection.settings_dict["OPTIONS"]
+    with psycopg.connect(owner_database_url(), **options) as as_the_app_connects:
+        assert as_the_app_connects.execute(where).fetchone()[0] == "public"
+
+
 def test_tables_a_later_migration_makes_are_usable_at_once(owner, app):
     owner.execute("CREATE TABLE provisioning_later (id bigserial PRIMARY KEY, note text)")
     try:
