@@ -169,3 +169,36 @@ def test_healthz_keeps_the_database_error_out_of_its_answer(client, caplog):
     logged = caplog.text
     assert "no-such-role-h1" in logged  # the details are in the log, for operators
     assert "no-such-role-h1" not in response.content.decode()
+
+
+@pytest.mark.asyncio
+async def test_only_a_genuine_verification_token_bypasses_the_route_cache(monkeypatch):
+    """A junk (but well-formed and current) token must not buy an uncached route query."""
+    import time
+
+    from provisioning.traffic import proxy, routing
+
+    host = "acme-demo.localhost:8000"
+    asked: list[bool] = []
+
+    async def resolve(label, fresh=False):
+        asked.append(fresh)
+        return routing.Resolution(label=label)
+
+    async def send(message):
+        pass
+
+    monkeypatch.setattr(routing, "resolve", resolve)
+    genuine = proxy.verify_token(host)
+    forged = f"{int(time.time())}:{'0' * 64}"
+    for token, expected in [(forged, False), (genuine, True), (proxy.verify_token("x.y"), False)]:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "headers": [(b"host", host.encode()), (proxy.VERIFY_HEADER, token.encode())],
+        }
+        await proxy.serve_tenant("acme-demo", host, scope, None, send)
+        assert asked.pop() is expected, token

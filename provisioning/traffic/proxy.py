@@ -350,9 +350,13 @@ async def serve_tenant(label: str, host: str, scope, receive, send) -> None:
     if length is not None and length > settings.TENANT_MAX_BODY_BYTES:
         await send_page(send, 413, host)
         return
+    # verify.py signs the Host header it sends, so a token is checked before the
+    # route lookup: only a genuine one bypasses the route cache (a junk header
+    # must not buy an uncached query per request).
     token = header(scope, VERIFY_HEADER)
-    res = await routing.resolve(label, fresh=bool(token))
-    verifying = bool(token) and bool(res.hostname) and token_valid(token, res.hostname)
+    signed = token is not None and token_valid(token, host)
+    res = await routing.resolve(label, fresh=signed)
+    verifying = signed and res.hostname.lower() == host.lower()
     if res.state in (None, "failed", "decommissioning", "decommissioned"):
         await send_page(send, 404, host)
         return
