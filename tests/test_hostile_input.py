@@ -192,7 +192,7 @@ def form_routes():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("fmt", "names", "name"), form_routes())
+@pytest.mark.parametrize(("fmt", "names", "name"), list(form_routes()))
 def test_every_form_answers_hostile_fields_without_a_500_or_a_change(
     world, operator, settings, fmt, names, name
 ):
