@@ -173,6 +173,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES) if AXES_COOLOFF_MINU
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HANDLER = "console.signin_throttle.AxesHandler"
+AXES_USERNAME_CALLABLE = "console.signin_throttle.client_username"
 # The client's address is REMOTE_ADDR unless CLIENT_IP_HEADER names a header
 # that the edge in front sets or appends to (X-Real-IP, X-Forwarded-For); its
 # right-most address is the one the edge wrote, what a client sent sits left.

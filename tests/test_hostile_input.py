@@ -176,19 +176,11 @@ def test_every_route_answers_hostile_paths_and_query_values_without_a_500(world,
     assert sent > 1000  # every route, every value
 
 
-# Known failures elsewhere in the tree, each to be fixed by its owner.
-KNOWN = {
-    "login": "django-axes stores the username in a varchar(255): a 10k-character one is a "
-    "DataError (console/signin_throttle.py, the sign-in throttling work)",
-}
-
-
 def form_routes():
     for fmt, names, name in routes():
         if name.startswith("admin:") or name in ACT_WITHOUT_FIELDS:
             continue
-        marks = [pytest.mark.xfail(strict=False, reason=KNOWN[name])] if name in KNOWN else []
-        yield pytest.param(fmt, names, name, id=name, marks=marks)
+        yield pytest.param(fmt, names, name, id=name)
 
 
 @pytest.mark.django_db
@@ -564,8 +556,7 @@ def test_against_daphne_hostile_bytes_in_paths_queries_forms_and_headers(
                     path = (fmt % dict.fromkeys(names, "\x01")).encode().replace(b"\x01", value)
                     send(b"GET", path)
                     send(b"POST", path, body=b"reason=" + value)
-                # KNOWN failures are xfail'd in test_every_form_answers_hostile_fields...
-                if name not in ACT_WITHOUT_FIELDS and name not in KNOWN:
+                if name not in ACT_WITHOUT_FIELDS:
                     form = b"&".join(f.encode() + b"=" + value for f in FORM_FIELDS)
                     send(b"POST", valid, body=form)
                 sent += 1
