@@ -246,6 +246,12 @@ PROVISIONING_HEARTBEAT_SECONDS = envfloat("PROVISIONING_HEARTBEAT_SECONDS", "3")
 PROVISIONING_BACKOFF_BASE = envfloat("PROVISIONING_BACKOFF_BASE", "0.25")
 PROVISIONING_BACKOFF_MAX = envfloat("PROVISIONING_BACKOFF_MAX", "10")
 PROVISIONING_FAULTS_ENABLED = envbool("PROVISIONING_FAULTS_ENABLED", "0")
+# "noop": steps that do nothing (provisioning/steps/noop.py), for bench/engine.py only.
+PROVISIONING_STEP_SET = envchoice("PROVISIONING_STEP_SET", "real", ("real", "noop"))
+if PROVISIONING_STEP_SET == "noop" and not (DEBUG and envbool("BENCHMARK", "0")):
+    raise ImproperlyConfigured(
+        "PROVISIONING_STEP_SET=noop is for bench/engine.py only (BENCHMARK=1, with DEBUG=1)"
+    )
 PROVISIONING_MAX_FAILED_ATTEMPTS = 3
 # A run that keeps breaking the worker (an unexpected exception, a crash) is
 # resumed at most this many times, then fails and compensates like any failure.

@@ -1,5 +1,7 @@
 """The saga: one ordered list drives "Step N/M" everywhere."""
 
+from django.conf import settings
+
 from provisioning.steps.activate import MarkActive
 from provisioning.steps.base import Step, parse_budgets
 from provisioning.steps.emails import SendWelcomeEmails
@@ -22,6 +24,11 @@ STEPS: list[Step] = [
     MarkActive(),
     SendWelcomeEmails(),
 ]
+# bench/engine.py's steps that do nothing; the settings refuse them outside a benchmark.
+if settings.PROVISIONING_STEP_SET == "noop":
+    from provisioning.steps.noop import noop_steps
+
+    STEPS = noop_steps(STEPS)
 STEP_IDS = [step.id for step in STEPS]
 BY_ID = {step.id: step for step in STEPS}
 TOTAL = len(STEPS)
