@@ -296,13 +296,22 @@ def live_runs(tenant_ids=None) -> int:
     return runs.count()
 
 
-def wait_done(tenant_ids, timeout: float, poll: float = POLL_SECONDS) -> bool:
+def wait_done(tenant_ids, timeout: float, poll: float = POLL_SECONDS, cluster=None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if live_runs(tenant_ids) == 0:
             return True
+        check_cluster(cluster)
         time.sleep(poll)
     return False
+
+
+def check_cluster(cluster) -> None:
+    """Stop at once when the qcluster went away (on a shared machine, someone may stop it)."""
+    if cluster is None:
+        return
+    if cluster.proc.poll() is not None or " stopping." in cluster.log_path.read_text()[-2000:]:
+        raise tta.BenchError(f"the qcluster stopped during the measurement:\n{cluster.tail(5)}")
 
 
 def runs_of(tenant_ids) -> list:
@@ -319,11 +328,11 @@ def seconds(a, b) -> float | None:
     return None if a is None or b is None else (b - a).total_seconds()
 
 
-def one_at_a_time(n: int, slugs: Slugs, timeout: float) -> dict:
+def one_at_a_time(n: int, slugs: Slugs, timeout: float, cluster=None) -> dict:
     creates, sagas, waits, failed = [], [], [], 0
     for _ in range(n):
         tenant_id, took = create(slugs())
-        wait_done([tenant_id], timeout)
+        wait_done([tenant_id], timeout, cluster=cluster)
         creates.append(took)
         (run,) = runs_of([tenant_id])
         if run["status"] != "succeeded":
@@ -354,7 +363,7 @@ def throughput(n: int, slugs: Slugs, timeout: float, cluster) -> dict:
         tenant_id, took = create(slugs())
         ids.append(tenant_id)
         creates.append(took)
-    done = wait_done(ids, timeout, poll=0.1)
+    done = wait_done(ids, timeout, poll=0.1, cluster=cluster)
     after = tta._cpu_times()
     cluster_cpu_after = tta._tree_cpu(cluster.proc.pid)
     rows = runs_of(ids)
@@ -422,7 +431,7 @@ def behind_parked(k: int, wait_s: float, slugs: Slugs, fresh_timeout: float, clu
     rss_k = tree_rss_mb(cluster.proc.pid)
     fresh_id, _ = create(slugs())
     fresh_started = time.monotonic()
-    done = wait_done([fresh_id], fresh_timeout, poll=0.05)
+    done = wait_done([fresh_id], fresh_timeout, poll=0.05, cluster=cluster)
     (run,) = runs_of([fresh_id])
     return {
         "k": k,
@@ -802,7 +811,7 @@ def write_chart(results: dict, path: Path) -> str:
     rows = [r for r in results["throughput"] if r["sagas_per_s"]]
     if not rows:
         return "no chart: no throughput figures"
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     for broker in sorted({r["broker"] for r in rows}):
         mine = sorted((r["workers"], r["sagas_per_s"]) for r in rows if r["broker"] == broker)
         ax.plot(*zip(*mine, strict=True), marker="o", label=f"this engine, {broker} broker")
@@ -814,9 +823,18 @@ def write_chart(results: dict, path: Path) -> str:
     ax.set_xlabel("django-q2 workers (Q_WORKERS)")
     ax.set_ylabel("sagas/s (9 no-op steps)")
     ax.set_ylim(0, max(TARGET_SAGAS_PER_S * 1.15, max(r["sagas_per_s"] for r in rows) * 1.15))
-    n = rows[0]["n"]
-    ax.set_title(f"Saga throughput, {n} sagas, {results['meta']['date']}")
-    ax.legend(fontsize=8, loc="upper left")
+    meta = results["meta"]
+    busy = meta.get("busy_before")
+    ax.set_title(
+        f"Saga throughput, {rows[0]['n']} sagas, {meta['date']}, commit {meta['commit']}"
+        + (
+            f"\n({meta['cpus']} CPUs, {busy:.0%} busy with other work before the run)"
+            if busy
+            else ""
+        ),
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -950,21 +968,21 @@ def main(argv=None) -> int:
         for broker in brokers:
             if args.single:
                 log(f"{broker}: {args.single} sagas one at a time, 2 workers")
-                with bench.world(broker, 2):
-                    one_at_a_time(3, slugs, 30)  # warm the workers' connections and imports
-                    row = one_at_a_time(args.single, slugs, 60)
+                with bench.world(broker, 2) as cluster:
+                    one_at_a_time(3, slugs, 30, cluster)  # warm the workers' connections
+                    row = one_at_a_time(args.single, slugs, 60, cluster)
                 results["single"].append({"broker": broker, "workers": 2, **row})
             for workers in args.workers if args.sagas else []:
                 log(f"{broker}: {args.sagas} sagas, {workers} worker(s)")
                 with bench.world(broker, workers) as cluster:
-                    one_at_a_time(workers + 1, slugs, 30)  # warm every worker
+                    one_at_a_time(workers + 1, slugs, 30, cluster)  # warm every worker
                     row = throughput(args.sagas, slugs, args.timeout, cluster)
                 results["throughput"].append({"broker": broker, "workers": workers, **row})
         for k in args.parked:
             workers = args.parked_workers
             log(f"orm: a fresh saga behind {k} sagas waiting {args.wait:g}s, {workers} worker(s)")
             with bench.world("orm", workers) as cluster:
-                one_at_a_time(workers + 1, slugs, 30)
+                one_at_a_time(workers + 1, slugs, 30, cluster)
                 row = behind_parked(k, args.wait, slugs, args.fresh_timeout, cluster)
             results["parked"].append({"broker": "orm", "workers": workers, **row})
         if args.profile:
@@ -1006,7 +1024,7 @@ def run_profile(bench: Bench, args, slugs: Slugs) -> dict:
         return profile
     log(f"profile: py-spy on the qcluster, {args.sagas or 300} sagas, 2 workers, ORM broker")
     with bench.world("orm", 2) as cluster:
-        one_at_a_time(3, slugs, 30)
+        one_at_a_time(3, slugs, 30, cluster)
         out = bench.tmp / "pyspy.txt"
         spy = start_pyspy(cluster.proc.pid, out)
         time.sleep(1)  # py-spy attaches to every process of the tree first
