@@ -247,6 +247,10 @@ PROVISIONING_BACKOFF_BASE = envfloat("PROVISIONING_BACKOFF_BASE", "0.25")
 PROVISIONING_BACKOFF_MAX = envfloat("PROVISIONING_BACKOFF_MAX", "10")
 PROVISIONING_FAULTS_ENABLED = envbool("PROVISIONING_FAULTS_ENABLED", "0")
 PROVISIONING_MAX_FAILED_ATTEMPTS = 3
+# A task that advances runs (engine.pump) goes on claiming due runs and
+# waiting for parked ones for at most this long (and half of Q_TIMEOUT), then
+# hands over to a fresh task, so schedules get a worker in between.
+PROVISIONING_PUMP_SECONDS = envfloat("PROVISIONING_PUMP_SECONDS", "300")
 # A run that keeps breaking the worker (an unexpected exception, a crash) is
 # resumed at most this many times, then fails and compensates like any failure.
 PROVISIONING_MAX_RESUMES = envint("PROVISIONING_MAX_RESUMES", "5")
@@ -263,10 +267,11 @@ PROVISIONING_STALL_FACTOR = envfloat("PROVISIONING_STALL_FACTOR", "3")
 PROVISIONING_STALL_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_FLOOR_SECONDS", "10")
 PROVISIONING_STALL_WAIT_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_WAIT_FLOOR_SECONDS", "30")
 
-# django-q2. A whole run advances inside one task, so `timeout` bounds the
-# longest run. The ORM broker re-delivers a task not acknowledged within
-# `retry` seconds; keeping timeout well below retry means a task that is still
-# running is never delivered twice (the lease would refuse it anyway).
+# django-q2. A task advances runs until they park or end (engine.pump), so
+# `timeout` bounds the longest step call and PROVISIONING_PUMP_SECONDS. The
+# ORM broker re-delivers a task not acknowledged within `retry` seconds;
+# keeping timeout well below retry means a task that is still running is
+# never delivered twice (the lease would refuse it anyway).
 REDIS_URL = os.environ.get("REDIS_URL", "")
 Q_CLUSTER = {
     # The namespace keeps a test run's queue apart from a console's on a shared Redis.
@@ -295,9 +300,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"queue_chatter": {"()": "console.logfilters.QueueChatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         "provisioning": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-        "django_q": {"handlers": ["stderr"], "level": "WARNING"},
+        # django-q2 logs as "django-q" and adds a handler of its own (printing
+        # "[Q] INFO ...") unless this one is configured first.
+        "django-q": {
+            "handlers": ["stderr"],
+            "level": "INFO",
+            "filters": ["queue_chatter"],
+            "propagate": False,
+        },
     },
 }
