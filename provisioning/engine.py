@@ -128,6 +128,8 @@ def advance(run_id: int) -> str:
 
 def _advance_claimed(lease: ledger.Lease) -> str:
     run_id = lease.run_id
+    if lease.late_s is not None:
+        log.debug("run %s: claimed %.0f ms after it was due", run_id, lease.late_s * 1000)
     over = lease.resumes - settings.PROVISIONING_MAX_RESUMES
     state = RunState(lease)
     beat = Heartbeat(state)
@@ -336,7 +338,10 @@ def _decommission(state: RunState, run: ProvisioningRun) -> str:
 # The session advisory lock that makes one pump, among all workers, the one
 # that waits for the next parked run to come due; the others return.
 WAITER_LOCK = 0x70_726F_7669_7369  # "provisi", any constant the database shares
+# A waiter that goes to work asks for a successor at most this often.
+SUCCESSOR_SECONDS = 1.0
 _last_stall_check = 0.0
+_last_successor = 0.0
 
 
 def pump_seconds() -> float:
@@ -345,37 +350,41 @@ def pump_seconds() -> float:
 
 
 class Waiter:
-    """The one pump that waits: LISTEN on the console channel, holding WAITER_LOCK.
+    """A pump's listening connection; the pump holding WAITER_LOCK on it is the waiter.
 
     Its own connection (autocommit), so the lock lasts exactly as long as
-    this pump waits or works, and is gone with the connection if its worker
-    dies. Every state change that can make a run due (a create, a cancel, a
-    retry, a park) is announced on the ``console`` channel inside its
-    transaction, so a notification wakes the waiter as soon as it commits.
+    the pump holds it, and is gone with the connection if its worker dies.
+    Every state change that can make a run due (a create, a cancel, a retry,
+    a park) is announced on the ``console`` channel inside its transaction,
+    so a notification wakes the waiter as soon as it commits.
     """
 
-    def __init__(self, conn):
-        self.conn = conn
-
-    @classmethod
-    def become(cls) -> Waiter | None:
+    def __init__(self):
         import psycopg
 
         from provisioning.audit import CHANNEL
         from provisioning.live.hub import conninfo
 
-        conn = psycopg.connect(**{**conninfo(), "application_name": "tenant-console-pump"})
+        self.conn = psycopg.connect(**{**conninfo(), "application_name": "tenant-console-pump"})
+        self.held = False
         try:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s)", [WAITER_LOCK]).fetchone()[0]:
-                conn.close()
-                return None
-            # LISTEN before the caller's next look for due runs: a change
+            # LISTEN before the pump's next look for due runs: a change
             # committed after that look is a notification, never lost.
-            conn.execute(f"LISTEN {CHANNEL}")
+            self.conn.execute(f"LISTEN {CHANNEL}")
         except Exception:
-            conn.close()
+            self.conn.close()
             raise
-        return cls(conn)
+
+    def try_hold(self) -> bool:
+        """Become the waiter, unless another pump is."""
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", [WAITER_LOCK]).fetchone()
+        self.held = bool(row[0])
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", [WAITER_LOCK])
+            self.held = False
 
     def wait(self, seconds: float) -> bool:
         """Until a notification or ``seconds``; True if notified. Drains what piled up."""
@@ -408,6 +417,23 @@ def _check_parked_stalls() -> None:
         close_old_connections()
 
 
+def _ask_for_successor() -> None:
+    """Enqueue a pump to take over the waiting while this one works (rate-limited).
+
+    A free worker picks it up and becomes the waiter; when this pump is done
+    it finds the role taken and returns. With every worker busy the task
+    waits in the queue, and whichever pump is free first waits instead.
+    """
+    global _last_successor
+    now = time.monotonic()
+    if now - _last_successor < SUCCESSOR_SECONDS or ledger.next_wake() is None:
+        return
+    _last_successor = now
+    from provisioning.queue import enqueue_pump
+
+    enqueue_pump()
+
+
 def _summary(outcomes: Counter) -> str:
     if not outcomes:
         return NOT_CLAIMED
@@ -425,7 +451,9 @@ def pump(run_id: int | None = None) -> str:
     parked and due, parked with a cancel waiting), each until it parks or
     ends. When nothing is due but runs are parked, one pump (the Waiter)
     waits for the earliest to come due, or for a notification (a new run, a
-    cancel), and goes on; any other pump returns, freeing its worker. A pump
+    cancel), and goes on; any other pump returns, freeing its worker. When
+    the waiter goes to work on a due run it gives the role up and asks for a
+    successor task, so a free worker waits meanwhile. A pump
     stops after ``pump_seconds()`` and enqueues its successor, so it stays
     inside django-q2's timeout and schedules get a worker. Returns what it
     did, e.g. "succeeded 1, parked 3".
@@ -447,6 +475,11 @@ def pump(run_id: int | None = None) -> str:
             _check_parked_stalls()
             lease = ledger.claim_due(lease_owner(), ttl)
             if lease is not None:
+                if waiter is not None and waiter.held:
+                    # Going to work: let another pump wait meanwhile, so a run
+                    # that comes due during this one's steps is not late.
+                    waiter.release()
+                    _ask_for_successor()
                 outcomes[_kind(_advance_claimed(lease))] += 1
                 if time.monotonic() >= deadline:
                     handover = True
@@ -459,10 +492,11 @@ def pump(run_id: int | None = None) -> str:
                 handover = True
                 break
             if waiter is None:
-                waiter = Waiter.become()
-                if waiter is None:
+                waiter = Waiter()
+            if not waiter.held:
+                if not waiter.try_hold():
                     break  # another pump is the waiter
-                continue  # look again now that notifications are heard
+                continue  # look again: what came due meanwhile is claimed first
             # A floor, so a due run that is briefly locked (an operator's
             # action on it) is not polled in a tight loop.
             waiter.wait(

@@ -42,6 +42,8 @@ class Lease:
     # The claim picked up a parked run: its step goes on with its next check
     # rather than a new attempt (engine._run_step).
     parked: bool = False
+    # How long after its wake_at a parked run was claimed (database clock).
+    late_s: float | None = None
 
 
 # What a worker may claim: a live run that no live lease holds. A parked run
@@ -58,7 +60,8 @@ _CLAIMABLE = """
 # for that lock, so exactly one of two racing claimants gets the row.
 _CLAIM = """
 WITH target AS (
-    SELECT id, wake_at IS NOT NULL AS parked
+    SELECT id, wake_at IS NOT NULL AS parked,
+           extract(epoch FROM clock_timestamp() - wake_at) AS late_s
       FROM provisioning_provisioningrun
      WHERE {where}
      {order}
@@ -76,7 +79,7 @@ UPDATE provisioning_provisioningrun AS run
        wait_reason = ''
   FROM target
  WHERE run.id = target.id
-RETURNING run.id, run.fence, run.resumes, target.parked
+RETURNING run.id, run.fence, run.resumes, target.parked, target.late_s
 """
 
 
@@ -84,7 +87,10 @@ def _claim(sql: str, params: list, owner: str) -> Lease | None:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    return Lease(row[0], owner, row[1], row[2], row[3]) if row else None
+    if row is None:
+        return None
+    late = None if row[4] is None else float(row[4])
+    return Lease(row[0], owner, row[1], row[2], row[3], late)
 
 
 def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
