@@ -239,8 +239,9 @@ if not RESOURCE_NAMESPACE and TESTING:
 if RESOURCE_NAMESPACE and not all(c.isalnum() or c == "-" for c in RESOURCE_NAMESPACE):
     raise ImproperlyConfigured("RESOURCE_NAMESPACE may hold only letters, digits and '-'")
 
-# The saga runner. A lease is held while a worker advances a run; a worker
-# that dies stops renewing it and the reaper resumes the run once it expires.
+# The saga runner. A lease is held while a worker advances a run (not while
+# the run is parked in a wait); a worker that dies stops renewing it and the
+# reaper resumes the run once it expires.
 PROVISIONING_LEASE_SECONDS = envfloat("PROVISIONING_LEASE_SECONDS", "15")
 PROVISIONING_HEARTBEAT_SECONDS = envfloat("PROVISIONING_HEARTBEAT_SECONDS", "3")
 PROVISIONING_BACKOFF_BASE = envfloat("PROVISIONING_BACKOFF_BASE", "0.25")
@@ -262,7 +263,8 @@ PROVISIONING_EXPECTATION_MIN_SAMPLES = envint("PROVISIONING_EXPECTATION_MIN_SAMP
 PROVISIONING_EXPECTATION_CACHE_SECONDS = envfloat("PROVISIONING_EXPECTATION_CACHE_SECONDS", "30")
 # Stall detection: a step is "stalled?" once it has run longer than
 # max(p95 * FACTOR, FLOOR); readiness waits (wait_ready) use WAIT_FLOOR. The
-# worker's heartbeat checks every PROVISIONING_HEARTBEAT_SECONDS.
+# heartbeat of the worker holding a run, and the pumps for parked runs, check
+# every PROVISIONING_HEARTBEAT_SECONDS.
 PROVISIONING_STALL_FACTOR = envfloat("PROVISIONING_STALL_FACTOR", "3")
 PROVISIONING_STALL_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_FLOOR_SECONDS", "10")
 PROVISIONING_STALL_WAIT_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_WAIT_FLOOR_SECONDS", "30")
