@@ -15,6 +15,7 @@ from django.core.paginator import Paginator
 from django.db.models import Prefetch, Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from provisioning import actions, stall
 from provisioning.errors import CATEGORIES
@@ -244,6 +245,9 @@ class StepRow:
     error_title: str
     next_attempt_at: datetime | None
     message: str
+    # A parked step (its run waits for its next check, holding no worker)
+    # shows as running, plus when it checks again.
+    next_check_at: datetime | None = None
     replicas: list[dict] = field(default_factory=list)
     log_lines: list = field(default_factory=list)
     log_hidden: int = 0
@@ -262,6 +266,7 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
     cancelled = bool(run and run.cancelled)
     provisioning = bool(run and run.kind == Kind.PROVISION)
     watching = provisioning and run.status == RunStatus.RUNNING
+    parked = bool(run and run.is_parked)
     now = timezone.now()
     for step in steps:
         mark, css, text = MARKS.get(step.status, ("?", "pending", step.status))
@@ -317,6 +322,11 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
                 else "",
                 next_attempt_at=step.next_attempt_at if step.status == S.RETRYING else None,
                 message=progress.get("message", "") if live else "",
+                next_check_at=(
+                    parse_datetime(progress.get("next_check_at") or "")
+                    if parked and step.status == S.RUNNING
+                    else None
+                ),
                 replicas=[
                     {
                         "name": r.get("name", "?"),

@@ -239,8 +239,9 @@ if not RESOURCE_NAMESPACE and TESTING:
 if RESOURCE_NAMESPACE and not all(c.isalnum() or c == "-" for c in RESOURCE_NAMESPACE):
     raise ImproperlyConfigured("RESOURCE_NAMESPACE may hold only letters, digits and '-'")
 
-# The saga runner. A lease is held while a worker advances a run; a worker
-# that dies stops renewing it and the reaper resumes the run once it expires.
+# The saga runner. A lease is held while a worker advances a run (not while
+# the run is parked in a wait); a worker that dies stops renewing it and the
+# reaper resumes the run once it expires.
 PROVISIONING_LEASE_SECONDS = envfloat("PROVISIONING_LEASE_SECONDS", "15")
 PROVISIONING_HEARTBEAT_SECONDS = envfloat("PROVISIONING_HEARTBEAT_SECONDS", "3")
 PROVISIONING_BACKOFF_BASE = envfloat("PROVISIONING_BACKOFF_BASE", "0.25")
@@ -253,6 +254,10 @@ if PROVISIONING_STEP_SET == "noop" and not (DEBUG and envbool("BENCHMARK", "0"))
         "PROVISIONING_STEP_SET=noop is for bench/engine.py only (BENCHMARK=1, with DEBUG=1)"
     )
 PROVISIONING_MAX_FAILED_ATTEMPTS = 3
+# A task that advances runs (engine.pump) goes on claiming due runs and
+# waiting for parked ones for at most this long (and half of Q_TIMEOUT), then
+# hands over to a fresh task, so schedules get a worker in between.
+PROVISIONING_PUMP_SECONDS = envfloat("PROVISIONING_PUMP_SECONDS", "300")
 # A run that keeps breaking the worker (an unexpected exception, a crash) is
 # resumed at most this many times, then fails and compensates like any failure.
 PROVISIONING_MAX_RESUMES = envint("PROVISIONING_MAX_RESUMES", "5")
@@ -264,15 +269,17 @@ PROVISIONING_EXPECTATION_MIN_SAMPLES = envint("PROVISIONING_EXPECTATION_MIN_SAMP
 PROVISIONING_EXPECTATION_CACHE_SECONDS = envfloat("PROVISIONING_EXPECTATION_CACHE_SECONDS", "30")
 # Stall detection: a step is "stalled?" once it has run longer than
 # max(p95 * FACTOR, FLOOR); readiness waits (wait_ready) use WAIT_FLOOR. The
-# worker's heartbeat checks every PROVISIONING_HEARTBEAT_SECONDS.
+# heartbeat of the worker holding a run, and the pumps for parked runs, check
+# every PROVISIONING_HEARTBEAT_SECONDS.
 PROVISIONING_STALL_FACTOR = envfloat("PROVISIONING_STALL_FACTOR", "3")
 PROVISIONING_STALL_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_FLOOR_SECONDS", "10")
 PROVISIONING_STALL_WAIT_FLOOR_SECONDS = envfloat("PROVISIONING_STALL_WAIT_FLOOR_SECONDS", "30")
 
-# django-q2. A whole run advances inside one task, so `timeout` bounds the
-# longest run. The ORM broker re-delivers a task not acknowledged within
-# `retry` seconds; keeping timeout well below retry means a task that is still
-# running is never delivered twice (the lease would refuse it anyway).
+# django-q2. A task advances runs until they park or end (engine.pump), so
+# `timeout` bounds the longest step call and PROVISIONING_PUMP_SECONDS. The
+# ORM broker re-delivers a task not acknowledged within `retry` seconds;
+# keeping timeout well below retry means a task that is still running is
+# never delivered twice (the lease would refuse it anyway).
 REDIS_URL = os.environ.get("REDIS_URL", "")
 Q_CLUSTER = {
     # The namespace keeps a test run's queue apart from a console's on a shared Redis.
@@ -301,9 +308,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"queue_chatter": {"()": "console.logfilters.QueueChatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         "provisioning": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-        "django_q": {"handlers": ["stderr"], "level": "WARNING"},
+        # django-q2 logs as "django-q" and adds a handler of its own (printing
+        # "[Q] INFO ...") unless this one is configured first.
+        "django-q": {
+            "handlers": ["stderr"],
+            "level": "INFO",
+            "filters": ["queue_chatter"],
+            "propagate": False,
+        },
     },
 }

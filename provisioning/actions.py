@@ -104,7 +104,13 @@ def request_cancel(tenant: Tenant, *, user=None, reason: str = "") -> Provisioni
             raise AlreadyUnderWay(f"cancel of {tenant.slug} is already under way")
         run.cancel_requested = True
         run.cancel_requested_at = timezone.now()
-        run.save(update_fields=["cancel_requested", "cancel_requested_at"])
+        fields = ["cancel_requested", "cancel_requested_at"]
+        if run.is_parked:
+            # Due at once: the event's notification below wakes the waiting
+            # pump as this commits, and it claims the run and compensates.
+            run.wake_at = run.cancel_requested_at
+            fields.append("wake_at")
+        run.save(update_fields=fields)
         record_event(
             "tenant.provisioning.cancel_requested",
             tenant=tenant,
@@ -130,6 +136,11 @@ def reset_provisioning(tenant: Tenant, *, user=None, reason: str = "") -> Provis
             raise ActionError(
                 f"{tenant.slug}: attempt {run.attempt} is running (a worker holds its lease); "
                 "cancel it first, or wait for it to finish"
+            )
+        if run.is_parked:
+            raise ActionError(
+                f"{tenant.slug}: attempt {run.attempt} is waiting ({run.wait_reason}) and will "
+                "go on by itself; cancel it first, or wait for it to finish"
             )
         stuck = tenant.state == Tenant.State.PROVISIONING and run.is_live  # its worker died
         if tenant.state != Tenant.State.FAILED and not stuck:

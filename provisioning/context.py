@@ -1,4 +1,4 @@
-"""What a step sees of the run: the tenant, the driver, and fenced ways to report."""
+"""What a step sees of the run: the tenant, the driver, and fenced ways to report and wait."""
 
 from __future__ import annotations
 
@@ -6,11 +6,38 @@ import threading
 import time
 from functools import cached_property
 
+from django.utils import timezone
+
 from provisioning import ledger
 from provisioning.errors import Cancelled, Fenced
 from provisioning.models import ProvisioningRun, StepRun
 
 CANCEL_POLL_SECONDS = 0.25
+
+
+class CheckAgain(Exception):  # noqa: N818 - not an error: the step's way to say "later"
+    """Raised by a step (``raise ctx.check_again(...)``) that must wait for something outside.
+
+    The engine parks the run: it records the progress with the time of the
+    next check, lets go of the lease, and the worker moves on. When the time
+    comes, any worker calls the step's ``run`` again, which makes its next
+    check. Whatever the step needs between checks lives in ``ctx.memo``.
+    """
+
+    def __init__(self, seconds: float, progress: dict, reason: str):
+        super().__init__(reason)
+        self.seconds = max(0.0, float(seconds))
+        self.progress = progress
+        self.reason = reason
+
+
+def progress_dict(message: str, fraction: float | None = None, replicas=None) -> dict:
+    progress = {"message": message}
+    if fraction is not None:
+        progress["fraction"] = round(max(0.0, min(1.0, fraction)), 3)
+    if replicas is not None:
+        progress["replicas"] = replicas
+    return progress
 
 
 class RunState:
@@ -51,51 +78,70 @@ class VerifyContext:
 
 
 class StepContext(VerifyContext):
-    """What a running step sees: a VerifyContext plus the fenced ways to report and wait."""
+    """What a running step sees: a VerifyContext plus the fenced ways to report and wait.
+
+    A step that waits for something outside makes one check per call and
+    ends it with ``raise ctx.check_again(seconds, message=...)``; it never
+    sleeps. Its clock (``elapsed``, ``time_left``) runs from the attempt's
+    recorded start, so the budget holds across the parks between checks, and
+    ``memo`` (saved with each park, cleared when an attempt starts) carries
+    what it learned from one check to the next.
+    """
 
     def __init__(self, state: RunState, run: ProvisioningRun, step_run: StepRun, seconds: float):
         super().__init__(run)
         self.state = state
         self.lease = state.lease
         self.step_run = step_run
-        self.started = time.monotonic()
-        self.deadline = self.started + seconds
+        self.seconds = seconds
+        if step_run.memo is None:
+            step_run.memo = {}
+        self.memo: dict = step_run.memo
         self._last_progress: dict | None = None
 
     def log(self, message: str, level: str = "info") -> None:
         ledger.step_log(self.lease, self.step_run, message, level)
 
     def progress(self, message: str, fraction: float | None = None, replicas=None) -> None:
-        progress = {"message": message}
-        if fraction is not None:
-            progress["fraction"] = round(max(0.0, min(1.0, fraction)), 3)
-        if replicas is not None:
-            progress["replicas"] = replicas
+        progress = progress_dict(message, fraction, replicas)
         if progress != self._last_progress:  # only changes are written and pushed
             self._last_progress = progress
             ledger.step_progress(self.lease, self.step_run, progress)
 
+    def check_again(
+        self,
+        seconds: float,
+        *,
+        message: str,
+        fraction: float | None = None,
+        replicas=None,
+        reason: str = "",
+    ) -> CheckAgain:
+        """The step's wait: park the run and call the step again in ``seconds``.
+
+        ``message`` (with ``fraction`` and ``replicas``) is the step's progress
+        while it waits; ``reason`` (default: the message) is what the run is
+        waiting for, as `tenant_status` shows it. Use as ``raise ctx.check_again(...)``.
+        """
+        return CheckAgain(seconds, progress_dict(message, fraction, replicas), reason or message)
+
     def check_cancel(self) -> None:
         self.state.check()
 
-    def sleep(self, seconds: float) -> None:
-        """Sleep, waking to honour a cancel or a lost lease."""
-        end = time.monotonic() + seconds
-        while True:
-            self.check_cancel()
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            self.state.cancel.wait(min(left, CANCEL_POLL_SECONDS))
+    def _attempt_started(self):
+        return self.step_run.attempt_started_at or self.step_run.started_at or timezone.now()
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds since this attempt started, parks included."""
+        return max(0.0, (timezone.now() - self._attempt_started()).total_seconds())
 
     def time_left(self) -> float:
-        return self.deadline - time.monotonic()
+        """Seconds left of this attempt's budget (plus what extend_deadline added)."""
+        return self.seconds + float(self.memo.get("extra_seconds", 0)) - self.elapsed()
 
     def extend_deadline(self, seconds: float) -> None:
-        self.deadline += seconds
+        """Give this attempt more time (kept in the memo, so it holds across parks)."""
+        self.memo["extra_seconds"] = float(self.memo.get("extra_seconds", 0)) + seconds
 
     def save_faults(self, faults: list) -> None:
         ledger.faults_used(self.lease, faults)

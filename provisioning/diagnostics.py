@@ -68,6 +68,9 @@ def _attempt(run: ProvisioningRun, steps: list[StepRun]) -> dict:
         "lease_owner": run.lease_owner or None,
         "lease_expires_at": iso(run.lease_expires_at),
         "heartbeat_at": iso(run.heartbeat_at),
+        # Parked: no worker holds it until wake_at (a step's wait or a backoff).
+        "wake_at": iso(run.wake_at),
+        "wait_reason": run.wait_reason or None,
         "steps": [_step_summary(step) for step in steps],
     }
 

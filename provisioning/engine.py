@@ -1,11 +1,20 @@
-"""The saga runner: order, retries, leases and compensation.
+"""The saga runner: order, retries, leases, parking and compensation.
 
-``advance(run_id)`` is what a django-q2 task calls. It takes the run's lease
-(or returns at once if another worker holds it, which is how a task that the
-queue delivers twice stays harmless), runs the remaining steps in order, and
-on failure or cancel undoes the started ones in reverse. A heartbeat thread
-renews the lease; if the worker dies, the lease expires and the reaper
-enqueues the run again, which resumes at the interrupted step.
+``advance(run_id)`` takes the run's lease (or returns at once if another
+worker holds it, or it is parked and not yet due, which is how a task that
+the queue delivers twice stays harmless), runs the remaining steps in order
+until the run ends or parks, and on failure or cancel undoes the started ones
+in reverse. A heartbeat thread renews the lease while a step runs; if the
+worker dies, the lease expires and the reaper enqueues the run again, which
+resumes at the interrupted step.
+
+A run parks when a step waits for something outside (``raise
+ctx.check_again(...)``) or between the attempts of a step (the retry
+backoff): the wait is recorded on the run (``wake_at``, ``wait_reason``), the
+lease is let go, and the worker moves on. ``pump`` (what a django-q2 task
+calls) continues its run and then every run that is due, and waits for the
+next one to come due while any is parked; see docs/ARCHITECTURE.md, "The
+runner".
 """
 
 from __future__ import annotations
@@ -15,16 +24,16 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
-from datetime import timedelta
+from collections import Counter
 from functools import partial
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.utils import timezone
 
 from provisioning import faults, ledger, stall
-from provisioning.context import RunState, StepContext
+from provisioning.context import CheckAgain, RunState, StepContext
 from provisioning.errors import Cancelled, Fenced, StepError, classify, platform_error
 from provisioning.models import ProvisioningRun, StepRun
 from provisioning.steps import STEPS, Step, step_at
@@ -41,6 +50,7 @@ STARTED = (
     Status.SKIPPED,
 )
 COMPENSATION_ATTEMPTS = 3
+NOT_CLAIMED = "not claimed: finished, parked, or another worker holds the lease"
 
 
 class StepMismatch(Exception):
@@ -89,7 +99,8 @@ class Heartbeat(threading.Thread):
         if self.state.cancel.is_set():
             return
         try:
-            stall.check_run(self.state.lease)
+            # Only the run this worker holds: pumps check the parked ones.
+            stall.check_run(self.state.lease.run_id)
         except Exception:  # never let a diagnosis break the lease renewal
             log.exception("stall check failed for run %s", self.state.lease.run_id)
             close_old_connections()
@@ -100,7 +111,7 @@ class Heartbeat(threading.Thread):
 
 
 def advance(run_id: int) -> str:
-    """Advance a run as far as it goes. Returns what happened, for the task result.
+    """Advance a run until it ends or parks. Returns what happened, for the task result.
 
     An exception that escapes the steps' own handling (a bug, an invalid plan
     budget, a StepMismatch, a database that went away) is a platform error:
@@ -111,7 +122,14 @@ def advance(run_id: int) -> str:
     """
     lease = ledger.claim(run_id, lease_owner(), settings.PROVISIONING_LEASE_SECONDS)
     if lease is None:
-        return "not claimed: finished, or another worker holds the lease"
+        return NOT_CLAIMED
+    return _advance_claimed(lease)
+
+
+def _advance_claimed(lease: ledger.Lease) -> str:
+    run_id = lease.run_id
+    if lease.late_s is not None:
+        log.debug("run %s: claimed %.0f ms after it was due", run_id, lease.late_s * 1000)
     over = lease.resumes - settings.PROVISIONING_MAX_RESUMES
     state = RunState(lease)
     beat = Heartbeat(state)
@@ -206,38 +224,50 @@ def _provision(state: RunState, run: ProvisioningRun) -> str:
             return _compensate_and_fail(state, run, steps, cancelled=True)
         if outcome == "failed":
             return _compensate_and_fail(state, run, steps, cancelled=False)
+        if outcome == "parked":
+            return "parked"
     ledger.run_succeeded(lease)
     return "succeeded"
 
 
 def _run_step(state: RunState, run: ProvisioningRun, step_run: StepRun, step: Step) -> str:
-    """Run one step with retries. Returns 'succeeded', 'failed' or raises Cancelled."""
+    """One call of a step: 'succeeded', 'failed' or 'parked' (a wait, or a retry's backoff).
+
+    A step that is ``running`` in a run this claim found parked goes on with
+    its next check: same attempt, nothing recorded before it. Otherwise the
+    call starts an attempt (a first one, the next after a backoff, or one
+    that replaces an attempt whose worker died).
+    """
     lease = state.lease
     max_attempts, seconds = step.budget(run.tenant.plan)
-    while True:
+    if not (lease.parked and step_run.status == Status.RUNNING):
         ledger.step_started(lease, step_run)
-        ctx = StepContext(state, run, step_run, seconds)
-        try:
-            faults.apply(ctx, step.id, step_run.attempts)
-            outputs = step.run(ctx) or {}
-            state.check()  # a cancel that arrived during the step wins over its result
-        except (Cancelled, Fenced):
-            raise
-        except Exception as exc:
-            error = classify(exc)
-            log.info("run %s step %s attempt %s: %s", run.pk, step.id, step_run.attempts, error)
-            if error.transient and step_run.attempts < max_attempts:
-                delay = backoff(step_run.attempts)
-                next_at = timezone.now() + timedelta(seconds=delay)
-                ledger.step_retrying(lease, step_run, error, next_at)
-                ctx.sleep(delay)
-                continue
-            ledger.step_failed(lease, step_run, error, best_effort=step.best_effort)
-            return "succeeded" if step.best_effort else "failed"
-        ledger.step_succeeded(
-            lease, step_run, outputs, on_success=partial(step.on_success, ctx, outputs)
+    ctx = StepContext(state, run, step_run, seconds)
+    try:
+        faults.apply(ctx, step.id, step_run.attempts)
+        outputs = step.run(ctx) or {}
+        state.check()  # a cancel that arrived during the step wins over its result
+    except CheckAgain as wait:
+        state.check()  # and over its wait (park also refuses once a cancel is recorded)
+        ledger.park(
+            lease, step_run, seconds=wait.seconds, progress=wait.progress, reason=wait.reason
         )
-        return "succeeded"
+        return "parked"
+    except (Cancelled, Fenced):
+        raise
+    except Exception as exc:
+        error = classify(exc)
+        log.info("run %s step %s attempt %s: %s", run.pk, step.id, step_run.attempts, error)
+        if error.transient and step_run.attempts < max_attempts:
+            # The backoff is a park too: no worker waits it out.
+            ledger.step_retrying(lease, step_run, error, backoff(step_run.attempts))
+            return "parked"
+        ledger.step_failed(lease, step_run, error, best_effort=step.best_effort)
+        return "succeeded" if step.best_effort else "failed"
+    ledger.step_succeeded(
+        lease, step_run, outputs, on_success=partial(step.on_success, ctx, outputs)
+    )
+    return "succeeded"
 
 
 def _compensate_and_fail(state, run, steps, *, cancelled: bool) -> str:
@@ -253,7 +283,13 @@ def _compensate_and_fail(state, run, steps, *, cancelled: bool) -> str:
 
 
 def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> bool:
-    """Undo one step, retrying a few times; a cancel does not stop an undo."""
+    """Undo one step, retrying a few times; a cancel does not stop an undo.
+
+    The backoff between undo attempts stays a short wait in the worker (3
+    attempts, at most 2 waits of PROVISIONING_BACKOFF_MAX): parking in the
+    middle of a compensation would need an undo cursor on the run, for waits
+    that are rare and short.
+    """
     lease = state.lease
     ledger.step_compensating(lease, step_run)
     # Undo must not depend on a plan budget the engine refused: defaults then.
@@ -295,3 +331,186 @@ def _decommission(state: RunState, run: ProvisioningRun) -> str:
         return "failed"
     ledger.decommission_finished(lease)
     return "decommissioned"
+
+
+# ---------------------------------------------------------------- the pump
+
+# The session advisory lock that makes one pump, among all workers, the one
+# that waits for the next parked run to come due; the others return.
+WAITER_LOCK = 0x70_726F_7669_7369  # "provisi", any constant the database shares
+# A waiter that goes to work asks for a successor at most this often.
+SUCCESSOR_SECONDS = 1.0
+_last_stall_check = 0.0
+_last_successor = 0.0
+
+
+def pump_seconds() -> float:
+    """How long one task may go on pumping: well inside django-q2's timeout."""
+    return min(settings.PROVISIONING_PUMP_SECONDS, settings.Q_CLUSTER["timeout"] / 2)
+
+
+class Waiter:
+    """A pump's listening connection; the pump holding WAITER_LOCK on it is the waiter.
+
+    Its own connection (autocommit), so the lock lasts exactly as long as
+    the pump holds it, and is gone with the connection if its worker dies.
+    Every state change that can make a run due (a create, a cancel, a retry,
+    a park) is announced on the ``console`` channel inside its transaction,
+    so a notification wakes the waiter as soon as it commits.
+    """
+
+    def __init__(self):
+        import psycopg
+
+        from provisioning.audit import CHANNEL
+        from provisioning.live.hub import conninfo
+
+        self.conn = psycopg.connect(**{**conninfo(), "application_name": "tenant-console-pump"})
+        self.held = False
+        try:
+            # LISTEN before the pump's next look for due runs: a change
+            # committed after that look is a notification, never lost.
+            self.conn.execute(f"LISTEN {CHANNEL}")
+        except Exception:
+            self.conn.close()
+            raise
+
+    def try_hold(self) -> bool:
+        """Become the waiter, unless another pump is."""
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", [WAITER_LOCK]).fetchone()
+        self.held = bool(row[0])
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", [WAITER_LOCK])
+            self.held = False
+
+    def wait(self, seconds: float) -> bool:
+        """Until a notification or ``seconds``; True if notified. Drains what piled up."""
+        woken = False
+        for _ in self.conn.notifies(timeout=max(0.0, seconds), stop_after=1):
+            woken = True
+        for _ in self.conn.notifies(timeout=0):
+            pass
+        return woken
+
+    def close(self) -> None:
+        self.conn.close()  # ends the LISTEN and frees the lock
+
+
+def _check_parked_stalls() -> None:
+    """Stall checks for runs no worker holds (parked), every PROVISIONING_HEARTBEAT_SECONDS.
+
+    The heartbeat of the worker holding a run checks that run; this covers
+    the rest, so every live run is checked by one party at a time.
+    """
+    global _last_stall_check
+    now = time.monotonic()
+    if now - _last_stall_check < settings.PROVISIONING_HEARTBEAT_SECONDS:
+        return
+    _last_stall_check = now
+    try:
+        stall.check_parked()
+    except Exception:  # a diagnosis never stops the pump
+        log.exception("stall check of parked runs failed")
+        close_old_connections()
+
+
+def _ask_for_successor() -> None:
+    """Enqueue a pump to take over the waiting while this one works (rate-limited).
+
+    A free worker picks it up and becomes the waiter; when this pump is done
+    it finds the role taken and returns. With every worker busy the task
+    waits in the queue, and whichever pump is free first waits instead.
+    """
+    global _last_successor
+    now = time.monotonic()
+    if now - _last_successor < SUCCESSOR_SECONDS or ledger.next_wake() is None:
+        return
+    _last_successor = now
+    from provisioning.queue import enqueue_pump
+
+    enqueue_pump()
+
+
+def _summary(outcomes: Counter) -> str:
+    if not outcomes:
+        return NOT_CLAIMED
+    return ", ".join(f"{outcome} {count}" for outcome, count in outcomes.most_common())
+
+
+def _kind(outcome: str) -> str:
+    return outcome.split(":", 1)[0]
+
+
+def pump(run_id: int | None = None) -> str:
+    """What a task does: advance ``run_id``, then every due run, while runs are parked.
+
+    One task advances every due run it can claim (queued and unclaimed,
+    parked and due, parked with a cancel waiting), each until it parks or
+    ends. When nothing is due but runs are parked, one pump (the Waiter)
+    waits for the earliest to come due, or for a notification (a new run, a
+    cancel), and goes on; any other pump returns, freeing its worker. When
+    the waiter goes to work on a due run it gives the role up and asks for a
+    successor task, so a free worker waits meanwhile. A pump
+    stops after ``pump_seconds()`` and enqueues its successor, so it stays
+    inside django-q2's timeout and schedules get a worker. Returns what it
+    did, e.g. "succeeded 1, parked 3".
+    """
+    outcomes: Counter = Counter()
+    if run_id is not None:
+        outcome = advance(run_id)
+        if outcome != NOT_CLAIMED:
+            outcomes[_kind(outcome)] += 1
+    if settings.Q_CLUSTER.get("sync"):
+        # Inline (Q_SYNC): the caller is a request or a command; never wait in it.
+        return _summary(outcomes) if outcomes else NOT_CLAIMED
+    ttl = settings.PROVISIONING_LEASE_SECONDS
+    deadline = time.monotonic() + pump_seconds()
+    waiter: Waiter | None = None
+    handover = False
+    try:
+        while True:
+            _check_parked_stalls()
+            lease = ledger.claim_due(lease_owner(), ttl)
+            if lease is not None:
+                if waiter is not None and waiter.held:
+                    # Going to work: let another pump wait meanwhile, so a run
+                    # that comes due during this one's steps is not late.
+                    waiter.release()
+                    _ask_for_successor()
+                outcomes[_kind(_advance_claimed(lease))] += 1
+                if time.monotonic() >= deadline:
+                    handover = True
+                    break
+                continue
+            wait = ledger.next_wake()
+            if wait is None:
+                break  # nothing parked: nothing to wait for
+            if time.monotonic() >= deadline:
+                handover = True
+                break
+            if waiter is None:
+                waiter = Waiter()
+            if not waiter.held:
+                if not waiter.try_hold():
+                    break  # another pump is the waiter
+                continue  # look again: what came due meanwhile is claimed first
+            # A floor, so a due run that is briefly locked (an operator's
+            # action on it) is not polled in a tight loop.
+            waiter.wait(
+                max(
+                    0.002,
+                    min(wait, settings.PROVISIONING_HEARTBEAT_SECONDS, deadline - time.monotonic()),
+                )
+            )
+    finally:
+        if waiter is not None:
+            waiter.close()
+    if handover:
+        from provisioning.queue import enqueue_pump
+
+        log.info("pump: %.0fs are up; handing over to a new task", pump_seconds())
+        enqueue_pump()
+    return _summary(outcomes)

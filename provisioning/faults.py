@@ -1,8 +1,9 @@
 """Fault injection for tests and demonstrations (PROVISIONING_FAULTS_ENABLED=1 only).
 
 A fault is ``STEP:KIND[:N]``: ``transient`` fails N times then succeeds,
-``permanent`` fails, ``hang`` takes N seconds (honouring cancel), ``crash``
-ends the worker process abruptly at the step's start, N times.
+``permanent`` fails, ``hang`` takes N seconds (honouring cancel; a wait like
+any other, so the run is parked and holds no worker), ``crash`` ends the
+worker process abruptly at the step's start, N times.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def apply(ctx, step_id: str, attempt: int) -> None:
                 f"injected transient fault {attempt}/{n} at {step_id}", category="fault"
             )
         if kind == "hang" and attempt == 1:
-            ctx.log(f"injected hang: taking {n}s (cancel stops it)")
-            ctx.extend_deadline(n)
-            ctx.sleep(n)
+            # Called at the start of every check of the step: the first one
+            # starts the hang, the later ones see whether it is over.
+            if "hang_until" not in ctx.memo:
+                ctx.log(f"injected hang: taking {n}s (cancel stops it)")
+                ctx.extend_deadline(n)
+                ctx.memo["hang_until"] = ctx.elapsed() + n
+            left = ctx.memo["hang_until"] - ctx.elapsed()
+            if left > 0:
+                raise ctx.check_again(
+                    left, message=f"injected hang of {n}s", reason=f"injected hang at {step_id}"
+                )

@@ -39,36 +39,104 @@ class Lease:
     fence: int
     # The run's resume count as this claim left it (see claim).
     resumes: int = 0
+    # The claim picked up a parked run: its step goes on with its next check
+    # rather than a new attempt (engine._run_step).
+    parked: bool = False
+    # How long after its wake_at a parked run was claimed (database clock).
+    late_s: float | None = None
+
+
+# What a worker may claim: a live run that no live lease holds. A parked run
+# only once it is due, or when a cancel is waiting for it.
+_CLAIMABLE = """
+       status = ANY(%s)
+   AND (wake_at IS NULL OR wake_at <= now() OR cancel_requested)
+"""
+# A claim takes the lease and bumps the fence. A claim of a run that had
+# already started and was not parked (its worker died, or an unexpected error
+# let the lease go) counts a resume in the same statement, so two racing
+# claims cannot both miss it. The CTE reads the row as it was (was it
+# parked?), locks it, and PostgreSQL re-checks its conditions after any wait
+# for that lock, so exactly one of two racing claimants gets the row.
+_CLAIM = """
+WITH target AS (
+    SELECT id, wake_at IS NOT NULL AS parked,
+           extract(epoch FROM clock_timestamp() - wake_at) AS late_s
+      FROM provisioning_provisioningrun
+     WHERE {where}
+     {order}
+       FOR UPDATE {skip}
+)
+UPDATE provisioning_provisioningrun AS run
+   SET lease_owner = %s,
+       lease_expires_at = now() + make_interval(secs => %s),
+       heartbeat_at = now(),
+       fence = run.fence + 1,
+       resumes = run.resumes
+                 + CASE WHEN run.status = 'queued' OR target.parked THEN 0 ELSE 1 END,
+       status = CASE WHEN run.status = 'queued' THEN 'running' ELSE run.status END,
+       wake_at = NULL,
+       wait_reason = ''
+  FROM target
+ WHERE run.id = target.id
+RETURNING run.id, run.fence, run.resumes, target.parked, target.late_s
+"""
+
+
+def _claim(sql: str, params: list, owner: str) -> Lease | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    late = None if row[4] is None else float(row[4])
+    return Lease(row[0], owner, row[1], row[2], row[3], late)
 
 
 def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
-    """Take the run's lease if it is free or expired; None if someone holds it.
+    """Take this run's lease if it is free or expired (and, parked, due); None otherwise.
 
-    One conditional UPDATE decides between racing workers: exactly one sees
-    its row change. The database's clock is the only clock, so hosts with
-    skewed clocks still agree on expiry. A claim of a run that had already
-    started (its worker died, or an unexpected error let the lease go) counts
-    a resume in the same statement, so two racing claims cannot both miss it.
+    The database's clock is the only clock, so hosts with skewed clocks still
+    agree on expiry and on when a parked run is due.
+    """
+    where = "id = %s AND (lease_expires_at IS NULL OR lease_expires_at < now()) AND " + _CLAIMABLE
+    sql = _CLAIM.format(where=where, order="", skip="")
+    return _claim(sql, [run_id, LIVE, owner, ttl], owner)
+
+
+def claim_due(owner: str, ttl: float) -> Lease | None:
+    """Take the lease of any run that is due: queued and unclaimed, parked and due,
+    or parked with a cancel waiting. None when nothing is due.
+
+    A run whose lease expired (its worker died, or let go after a platform
+    error) is not taken here: the reaper resumes those, at its own pace, so a
+    run that keeps breaking workers is not retried in a tight loop. SKIP
+    LOCKED lets several pumps take different runs without queueing behind
+    each other. The earliest due goes first.
+    """
+    where = "lease_expires_at IS NULL AND " + _CLAIMABLE
+    order = "ORDER BY coalesce(wake_at, created_at), id LIMIT 1"
+    sql = _CLAIM.format(where=where, order=order, skip="SKIP LOCKED")
+    return _claim(sql, [LIVE, owner, ttl], owner)
+
+
+def next_wake() -> float | None:
+    """Seconds until the earliest parked run is due (0 if one is overdue); None if none is parked.
+
+    Measured on the database's clock, which is the one claims compare with.
     """
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            UPDATE provisioning_provisioningrun
-               SET lease_owner = %s,
-                   lease_expires_at = now() + make_interval(secs => %s),
-                   heartbeat_at = now(),
-                   fence = fence + 1,
-                   resumes = resumes + CASE WHEN status = 'queued' THEN 0 ELSE 1 END,
-                   status = CASE WHEN status = 'queued' THEN 'running' ELSE status END
-             WHERE id = %s
-               AND status = ANY(%s)
-               AND (lease_expires_at IS NULL OR lease_expires_at < now())
-         RETURNING fence, resumes
+            SELECT extract(epoch FROM min(wake_at) - clock_timestamp())
+              FROM provisioning_provisioningrun
+             WHERE wake_at IS NOT NULL AND lease_expires_at IS NULL AND status = ANY(%s)
             """,
-            [owner, ttl, run_id, LIVE],
+            [LIVE],
         )
         row = cursor.fetchone()
-    return Lease(run_id, owner, row[0], row[1]) if row else None
+    # (Not greatest(0, ...) in SQL: it ignores a NULL, and "none parked" would read 0.)
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))
 
 
 def heartbeat(lease: Lease, ttl: float) -> bool:
@@ -147,8 +215,19 @@ def step_started(lease: Lease, step: StepRun) -> None:
         step.status = Status.RUNNING
         step.attempts += 1
         step.started_at = step.started_at or timezone.now()
+        step.attempt_started_at = timezone.now()
+        step.memo = {}
         step.next_attempt_at = None
-        step.save(update_fields=["status", "attempts", "started_at", "next_attempt_at"])
+        step.save(
+            update_fields=[
+                "status",
+                "attempts",
+                "started_at",
+                "attempt_started_at",
+                "memo",
+                "next_attempt_at",
+            ]
+        )
         record_event(
             "tenant.provisioning.step_started",
             tenant=run.tenant,
@@ -157,15 +236,22 @@ def step_started(lease: Lease, step: StepRun) -> None:
         )
 
 
-def step_stalled(lease: Lease, step_id: int, details: dict) -> bool:
+def step_stalled(run_id: int, step_id: int, details: dict) -> bool:
     """Mark a step stalled and record ``tenant.provisioning.stalled``, once per step run.
 
-    The conditional UPDATE on ``stalled_at IS NULL`` (under the run's row
-    lock) is the idempotent marker: a second call, from a later beat or
-    another process, changes nothing and records nothing. Returns whether
-    this call recorded the event.
+    No lease is needed: a parked run has none, and whoever checks (the
+    heartbeat of the worker holding the run, or a pump for parked runs) only
+    adds this marker. The conditional UPDATE on ``stalled_at IS NULL``, under
+    the run's row lock, is what keeps it to one event: a second call, from a
+    later check or another process, changes nothing and records nothing. A run
+    that finished or has a cancel waiting gets nothing. Returns whether this
+    call recorded the event.
     """
-    with fenced(lease) as run:
+    with transaction.atomic():
+        tenant = Tenant.objects.lock(runs__pk=run_id)
+        run = ProvisioningRun.objects.select_for_update(no_key=True).get(pk=run_id)
+        if not run.is_live or run.cancel_requested:
+            return False
         marked = StepRun.objects.filter(
             pk=step_id,
             run_id=run.pk,
@@ -174,17 +260,57 @@ def step_stalled(lease: Lease, step_id: int, details: dict) -> bool:
         ).update(stalled_at=timezone.now())
         if not marked:
             return False
-        record_event("tenant.provisioning.stalled", tenant=run.tenant, run=run, details=details)
+        record_event("tenant.provisioning.stalled", tenant=tenant, run=run, details=details)
         return True
 
 
-def step_retrying(lease: Lease, step: StepRun, error: StepError, next_at: datetime) -> None:
+def _wake_time(seconds: float) -> datetime:
+    """Now plus ``seconds`` on the database's clock, the one claims compare wake_at with."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp() + make_interval(secs => %s)", [seconds])
+        return cursor.fetchone()[0]
+
+
+def _release_parked(run: ProvisioningRun, wake_at: datetime, reason: str) -> None:
+    """Let go of the lease until ``wake_at`` (inside the fenced transaction that holds the row).
+
+    From the commit on, no worker holds the run: the worker that parked it
+    moves on, and any pump claims it when it is due (or at once on a cancel).
+    """
+    run.lease_owner, run.lease_expires_at = "", None
+    run.wake_at, run.wait_reason = wake_at, reason[:300]
+    run.save(update_fields=["lease_owner", "lease_expires_at", "wake_at", "wait_reason"])
+
+
+def park(lease: Lease, step: StepRun, *, seconds: float, progress: dict, reason: str) -> datetime:
+    """Park the run: the step's progress (with its next check) and memo, then no lease until due.
+
+    One transaction, so the page never shows a next check that is not on
+    record. Refused (Cancelled) once a cancel is requested: the engine then
+    compensates instead. Returns the wake time.
+    """
     with fenced(lease) as run:
+        wake_at = _wake_time(seconds)
+        step.progress = {**progress, "next_check_at": wake_at.isoformat()}
+        StepRun.objects.filter(pk=step.pk).update(progress=step.progress, memo=step.memo)
+        _release_parked(run, wake_at, reason)
+        announce([f"tenant-{run.tenant_id}", "tenants"])
+        return wake_at
+
+
+def step_retrying(lease: Lease, step: StepRun, error: StepError, delay: float) -> datetime:
+    """Record a failed attempt and park the run for the backoff ``delay``; returns when
+    the next attempt is due. The backoff holds no worker: any pump starts the
+    next attempt when it is due."""
+    with fenced(lease) as run:
+        next_at = _wake_time(delay)
         step.status = Status.RETRYING
         step.error = str(error)
         step.error_category = error.category
         step.next_attempt_at = next_at
         step.save(update_fields=["status", "error", "error_category", "next_attempt_at"])
+        reason = f"retrying {label_of(step.step_id)} after attempt {step.attempts} failed"
+        _release_parked(run, next_at, reason)
         record_event(
             "tenant.provisioning.step_retrying",
             tenant=run.tenant,
@@ -193,6 +319,7 @@ def step_retrying(lease: Lease, step: StepRun, error: StepError, next_at: dateti
                 step, error=str(error), category=error.category, next_attempt_at=next_at.isoformat()
             ),
         )
+        return next_at
 
 
 def step_succeeded(lease: Lease, step: StepRun, outputs: dict, on_success=None) -> None:
@@ -425,7 +552,18 @@ def _finish(run: ProvisioningRun, status: str) -> None:
     run.finished_at = timezone.now()
     run.lease_owner = ""
     run.lease_expires_at = None
-    run.save(update_fields=["status", "finished_at", "lease_owner", "lease_expires_at", "error"])
+    run.wake_at, run.wait_reason = None, ""
+    run.save(
+        update_fields=[
+            "status",
+            "finished_at",
+            "lease_owner",
+            "lease_expires_at",
+            "wake_at",
+            "wait_reason",
+            "error",
+        ]
+    )
 
 
 def faults_used(lease: Lease, faults: list) -> None:

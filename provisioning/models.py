@@ -51,6 +51,11 @@ class ProvisioningRun(models.Model):
     # Claims that picked the run up again after a worker stopped advancing it
     # (a crash, an unexpected exception); past PROVISIONING_MAX_RESUMES it fails.
     resumes = models.PositiveIntegerField(default=0)
+    # Parked: no worker holds the run (no lease) until ``wake_at``, when any
+    # worker's pump claims it again (engine.pump); ``wait_reason`` says why,
+    # for the pages and commands. A claim clears both.
+    wake_at = models.DateTimeField(null=True, blank=True)
+    wait_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -65,7 +70,13 @@ class ProvisioningRun(models.Model):
                 name="one_live_run_per_tenant",
             ),
         ]
-        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+        indexes = [
+            models.Index(fields=["status", "lease_expires_at"]),
+            # The pumps' "what is due next" (engine.pump): parked runs only.
+            models.Index(
+                fields=["wake_at"], name="run_parked_wake_at", condition=Q(wake_at__isnull=False)
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.tenant} {self.kind} #{self.attempt}"
@@ -73,6 +84,11 @@ class ProvisioningRun(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in self.LIVE
+
+    @property
+    def is_parked(self) -> bool:
+        """Waiting durably for ``wake_at``: live, no worker holds it."""
+        return self.is_live and self.wake_at is not None and not self.lease_owner
 
 
 def latest_run(tenant: Tenant, kind: str | None = None) -> ProvisioningRun | None:
@@ -110,6 +126,12 @@ class StepRun(models.Model):
     # expected duration: the marker that keeps `tenant.provisioning.stalled`
     # to one event per step run.
     stalled_at = models.DateTimeField(null=True, blank=True)
+    # The current attempt's start: its time budget runs from here across the
+    # parks between its checks (StepContext.time_left).
+    attempt_started_at = models.DateTimeField(null=True, blank=True)
+    # What a waiting step keeps between its checks (probe states, counts, an
+    # injected hang's end); cleared when an attempt starts.
+    memo = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["run", "position"]

@@ -16,3 +16,10 @@ def enqueue_run(run_id: int) -> None:
             group="provisioning",
         )
     )
+
+
+def enqueue_pump() -> None:
+    """A task that advances whatever is due and waits for parked runs (engine.pump)."""
+    transaction.on_commit(
+        lambda: async_task("provisioning.tasks.pump_runs", task_name="pump", group="provisioning")
+    )

@@ -1,9 +1,12 @@
-"""Resume runs whose worker died.
+"""Resume runs whose worker died, and make sure parked runs have a pump.
 
 The queue does not guarantee resumption: the Redis broker loses a task whose
 worker dies, and the ORM broker re-delivers only after `retry` seconds. A run
 in flight whose lease expired, or that was never claimed, is enqueued again;
-the lease makes a duplicate delivery harmless. A run that keeps breaking its
+the lease makes a duplicate delivery harmless. A parked run (no lease, a
+future ``wake_at``) is not lost: it waits for a pump. One that has been due
+for a few seconds with nobody claiming it (every pump's worker died, say) is
+enqueued too. A run that keeps breaking its
 worker does not come back forever: each resume is counted when claimed, and
 past PROVISIONING_MAX_RESUMES the engine fails it (see engine.advance), after
 which it is not in flight and nothing here picks it up.
@@ -20,22 +23,35 @@ from django.db.models import Q
 from django.utils import timezone
 
 from provisioning.models import ProvisioningRun
-from provisioning.queue import enqueue_run
+from provisioning.queue import enqueue_pump, enqueue_run
 
 log = logging.getLogger("provisioning.reaper")
 # A queued run nobody claimed for this long has lost its task.
 UNCLAIMED_GRACE = timedelta(seconds=30)
+# A parked run due this long ago with nobody claiming it has no pump: a
+# waiting pump claims a due run within milliseconds.
+PARKED_GRACE = timedelta(seconds=3)
+
+
+def unattended(now=None):
+    """Live runs no worker is advancing and none will without a task: see reap()."""
+    now = now or timezone.now()
+    return ProvisioningRun.objects.filter(status__in=ProvisioningRun.LIVE).filter(
+        Q(lease_expires_at__lt=now)
+        | Q(
+            lease_expires_at__isnull=True,
+            wake_at__isnull=True,
+            created_at__lt=now - UNCLAIMED_GRACE,
+        )
+        | Q(lease_expires_at__isnull=True, wake_at__lt=now - PARKED_GRACE)
+    )
 
 
 def reap() -> str:
-    now = timezone.now()
-    stale = ProvisioningRun.objects.filter(status__in=ProvisioningRun.LIVE).filter(
-        Q(lease_expires_at__lt=now)
-        | Q(lease_expires_at__isnull=True, created_at__lt=now - UNCLAIMED_GRACE)
-    )
+    stale = unattended()
     ids = list(stale.values_list("pk", flat=True))
     for run_id in ids:
-        log.warning("run %s: lease expired or never claimed; enqueueing it again", run_id)
+        log.warning("run %s: lease expired, never claimed, or parked and due; enqueued", run_id)
         enqueue_run(run_id)
     return f"resumed {len(ids)} run(s)"
 
@@ -72,3 +88,19 @@ def reap_dead_local_owners() -> int:
             enqueue_run(run_id)
             count += 1
     return count
+
+
+def ensure_pump() -> bool:
+    """Enqueue a pump if runs are parked (a cluster starting after every worker died).
+
+    Parked runs hold no lease, so no dead owner points at them: without this
+    they would wait for the reaper's next minute. A pump that finds another
+    already waiting returns at once, so an extra one costs one short task.
+    """
+    parked = ProvisioningRun.objects.filter(
+        status__in=ProvisioningRun.LIVE, lease_expires_at__isnull=True, wake_at__isnull=False
+    )
+    if not parked.exists():
+        return False
+    enqueue_pump()
+    return True

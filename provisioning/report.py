@@ -34,6 +34,8 @@ def as_text(status: dict) -> str:
     if status["error"]:
         cancelled = " (cancelled)" if status["cancelled"] else ""
         lines.append(f"error at {status['failed_step'] or '-'}{cancelled}: {status['error']}")
+    if wait := waiting_text(status):
+        lines.append(wait)
     total = len(status["steps"])
     for step in status["steps"]:
         duration = f"{step['duration_s']:.2f}s" if step["duration_s"] is not None else ""
@@ -47,17 +49,45 @@ def as_text(status: dict) -> str:
     return "\n".join(lines)
 
 
+def _clock(value: str) -> str:
+    """'2026-12-01T17:34:05.123456Z' -> '17:34:05 UTC'."""
+    return value[11:19] + " UTC" if value and len(value) >= 19 else value
+
+
+def waiting_text(status: dict) -> str | None:
+    """'waiting: <reason>; next check at 12:00:05 UTC', or 'waiting for a worker'."""
+    wait = status.get("waiting")
+    if not wait:
+        return None
+    if wait["for"] == "worker":
+        return "waiting for a worker"
+    return f"waiting: {wait['reason']}; next check at {_clock(wait['next_check_at'])}"
+
+
 def progress_line(status: dict) -> str | None:
     current = status["current_step"]
     if not current:
         return None
     step = next(s for s in status["steps"] if s["id"] == current)
-    if step["status"] == "pending":
-        return f"waiting for a worker (next: step {step['position']}/{len(status['steps'])})"
+    total = len(status["steps"])
+    wait = status.get("waiting")
+    if step["status"] == "pending" and (wait is None or wait["for"] == "worker"):
+        if wait is None:  # a worker holds the run and is about to start the step
+            return f"step {step['position']}/{total} {step['label']}: starting"
+        return f"waiting for a worker (next: step {step['position']}/{total})"
     message = step["progress"].get("message", "")
-    return f"step {step['position']}/{len(status['steps'])} {step['label']}: {step['status']}" + (
+    line = f"step {step['position']}/{total} {step['label']}: {step['status']}" + (
         f" ({message})" if message else ""
     )
+    if wait:
+        line += f"; {waiting_text(status)}"
+    return line
+
+
+def _without_times(line: str) -> str:
+    # Each check moves the next check's time; only a change of anything else
+    # is worth a new line.
+    return line.split("; next check at ")[0]
 
 
 def wait_until_settled(tenant: Tenant, *, timeout: float, echo=None, poll: float = 0.1) -> dict:
@@ -77,9 +107,9 @@ def wait_until_settled(tenant: Tenant, *, timeout: float, echo=None, poll: float
         tenant.refresh_from_db()
         status = tenant_status(tenant)
         line = progress_line(status)
-        if echo and line and line != last_line:
+        if echo and line and _without_times(line) != last_line:
             echo(line)
-            last_line = line
+            last_line = _without_times(line)
         if settled:
             return status
         waited = time.monotonic() - started

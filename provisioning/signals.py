@@ -9,6 +9,9 @@ def resume_runs_of_dead_workers(sender, proc_name, **kwargs):
     # A worker spawned after another died (the cluster reincarnates it): runs
     # whose lease names a dead process on this host can resume now, instead of
     # waiting for the lease to expire and the reaper's next minute.
-    from provisioning.reaper import reap_dead_local_owners
+    # Runs parked when the previous cluster died hold no lease: a pump takes
+    # them up now (each spawning worker asks; an extra pump returns at once).
+    from provisioning.reaper import ensure_pump, reap_dead_local_owners
 
     reap_dead_local_owners()
+    ensure_pump()

@@ -7,12 +7,14 @@ A step is "stalled?" once it has been running (or retrying) for longer than
 for readiness waits). Elapsed time counts from the step's first start in its
 run, as the history's durations do.
 
-Two places use it:
+Three places use it:
 
-- the worker's heartbeat (``engine.Heartbeat``, every
-  ``PROVISIONING_HEARTBEAT_SECONDS``: the detection interval) records
-  ``tenant.provisioning.stalled`` once per step run through the fenced
-  ``ledger.step_stalled``, which sets ``StepRun.stalled_at`` only if unset;
+- the heartbeat of the worker holding a run (``engine.Heartbeat``) checks
+  that run, and the pumps (``engine.pump``) check the runs nobody holds
+  (parked, or not yet claimed), each every ``PROVISIONING_HEARTBEAT_SECONDS``
+  (the detection interval). Either records ``tenant.provisioning.stalled``
+  once per step run through ``ledger.step_stalled``, which sets
+  ``StepRun.stalled_at`` only if unset;
 - the pages compute the same verdict from ``started_at`` at render time, so a
   step whose worker is itself stuck or dead still shows "stalled?".
 """
@@ -27,9 +29,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from provisioning import ledger
-from provisioning.errors import Cancelled, Fenced
 from provisioning.expectations import expectation
-from provisioning.models import StepRun
+from provisioning.models import ProvisioningRun, StepRun
 
 log = logging.getLogger("provisioning.stall")
 S = StepRun.Status
@@ -137,33 +138,41 @@ def verdict(step_run: StepRun, plan, now: datetime | None = None) -> Verdict | N
     )
 
 
-def check_run(lease) -> int:
-    """Called from the worker's heartbeat: record each newly stalled step once.
+def check_run(run_id: int) -> int:
+    """Record each newly stalled step of one run once; how many were recorded."""
+    return _check(StepRun.objects.filter(run_id=run_id))
 
-    Returns how many stall events were recorded. Never raises Fenced or
-    Cancelled for the caller to handle: the heartbeat's own renewal decides
-    about the lease.
-    """
+
+def check_parked() -> int:
+    """The same for every live run no worker holds: parked ones above all."""
+    return _check(
+        StepRun.objects.filter(
+            run__status__in=ProvisioningRun.LIVE,
+            run__lease_expires_at__isnull=True,
+            run__cancel_requested=False,
+        )
+    )
+
+
+def _check(steps) -> int:
+    """Never raises for a run that finished or was cancelled meanwhile: it is just skipped."""
     steps = list(
-        StepRun.objects.filter(run_id=lease.run_id, status__in=WATCHED, stalled_at__isnull=True)
+        steps.filter(status__in=WATCHED, stalled_at__isnull=True)
         .select_related("run__tenant__plan")
-        .order_by("position")
+        .order_by("run_id", "position")
     )
     recorded = 0
     for step_run in steps:
         found = verdict(step_run, step_run.run.tenant.plan)
         if found is None or not found.stalled:
             continue
-        try:
-            if ledger.step_stalled(lease, step_run.pk, found.details(step_run)):
-                recorded += 1
-                log.warning(
-                    "run %s step %s stalled? %.0fs > %.0fs",
-                    lease.run_id,
-                    step_run.step_id,
-                    found.elapsed,
-                    found.threshold,
-                )
-        except (Cancelled, Fenced):
-            return recorded
+        if ledger.step_stalled(step_run.run_id, step_run.pk, found.details(step_run)):
+            recorded += 1
+            log.warning(
+                "run %s step %s stalled? %.0fs > %.0fs",
+                step_run.run_id,
+                step_run.step_id,
+                found.elapsed,
+                found.threshold,
+            )
     return recorded

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from django.utils import timezone
 
 from provisioning.models import ProvisioningRun, StepRun, latest_run
 from provisioning.steps import STEPS
@@ -47,6 +49,27 @@ def stopped_step(run: ProvisioningRun | None, steps: list[StepRun]) -> StepRun |
     return started[-1] if started else None
 
 
+# A parked run is "due" for this long before its wait reads "waiting for a
+# worker": a waiting pump claims a due run within milliseconds.
+DUE_GRACE = timedelta(seconds=1)
+
+
+def run_wait(run: ProvisioningRun | None, now: datetime | None = None) -> dict | None:
+    """What a live run that no worker holds is waiting for; None while a worker advances it.
+
+    ``{"for": "check", "reason", "next_check_at"}``: parked by a step's wait
+    or a retry's backoff, it goes on by itself at ``next_check_at``;
+    ``{"for": "worker", "reason"}``: it is due (or new) and waits for a worker
+    to claim it, which only takes long when no worker is free or running.
+    """
+    if run is None or not run.is_live or run.lease_owner:
+        return None
+    now = now or timezone.now()
+    if run.wake_at is not None and run.wake_at > now - DUE_GRACE and not run.cancel_requested:
+        return {"for": "check", "reason": run.wait_reason, "next_check_at": iso(run.wake_at)}
+    return {"for": "worker", "reason": "waiting for a worker"}
+
+
 def step_json(step: StepRun) -> dict:
     return {
         "id": step.step_id,
@@ -83,5 +106,6 @@ def tenant_status(tenant: Tenant) -> dict:
         "cancelled": bool(provision and provision.cancelled),
         "created_at": iso(tenant.created_at),
         "activated_at": iso(tenant.activated_at),
+        "waiting": run_wait(run),
         "steps": [step_json(step) for step in steps],
     }

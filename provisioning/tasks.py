@@ -4,7 +4,11 @@ from provisioning import engine, reaper
 
 
 def advance_run(run_id: int) -> str:
-    return engine.advance(run_id)
+    return engine.pump(run_id)
+
+
+def pump_runs() -> str:
+    return engine.pump()
 
 
 def reap_expired_leases() -> str:

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import connection
 from django.db.backends.postgresql.operations import DatabaseOperations
+from django.utils import timezone
 
 from provisioning import actions, dbroles, engine
 from provisioning import faults as fault_specs
@@ -176,9 +177,23 @@ def new_tenant(
 
 
 def drive(tenant: Tenant) -> str:
-    """Advance the tenant's latest run in this process, as a worker would."""
+    """Advance the tenant's latest run in this process until it ends, as the pumps would.
+
+    Each time the run parks, wait until it is due (or a cancel makes it due),
+    checking parked stalls as a pump does, and advance it again.
+    """
     run = actions.latest_run(tenant)
-    return engine.advance(run.pk)
+    while (result := engine.advance(run.pk)) == "parked":
+        while True:
+            engine._check_parked_stalls()
+            run.refresh_from_db(fields=["wake_at", "cancel_requested", "lease_owner"])
+            if run.cancel_requested or run.wake_at is None or run.lease_owner:
+                break
+            left = (run.wake_at - timezone.now()).total_seconds()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.05))
+    return result
 
 
 def drive_in_background(tenant: Tenant):

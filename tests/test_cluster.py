@@ -99,10 +99,10 @@ def test_a_task_delivered_twice_runs_each_step_once(plans, faults_enabled, clust
         timeout=20,
         message="both deliveries to finish",
     )
-    assert sorted(results) == [
-        "not claimed: finished, or another worker holds the lease",
-        "succeeded",
-    ]
+    # Each task advances every due run it can claim, so both may have taken
+    # the run at some park (result e.g. "parked 3, succeeded 1"); exactly one
+    # claim finished it, and each claim ran only what was due.
+    assert sum(result.count("succeeded") for result in results) == 1, results
     cleanup(tenant)
 
 

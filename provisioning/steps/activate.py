@@ -19,34 +19,40 @@ class MarkActive(Step):
     seconds = 30
 
     def run(self, ctx) -> dict:
+        """One check of the tenant's URL; parks the run until the next while it does not serve."""
         route = Route.objects.filter(tenant=ctx.tenant).first()
         if route is None or not route.backends:
             raise PermanentError("the tenant has no route with backends", category="unknown")
-        ctx.log(f"route {route.hostname} -> {', '.join(route.backends)}")
+        memo = ctx.memo
+        if "checks" not in memo:
+            ctx.log(f"route {route.hostname} -> {', '.join(route.backends)}")
+            # How long this attempt keeps checking, fixed at its first check.
+            memo["give_up_s"] = min(VERIFY_SECONDS, max(ctx.time_left(), 1.0))
         # The step succeeds only once the tenant's URL serves the tenant's page.
-        checks = 0
-        give_up = min(VERIFY_SECONDS, max(ctx.time_left(), 1.0))
-        while True:
-            ctx.check_cancel()
-            result = verify_tenant(ctx.tenant)
-            checks += 1
-            ctx.log(result.line(), "info" if result.ok else "warning")
-            if result.ok:
-                return {
-                    "url": ctx.tenant.url,
-                    "backends": route.backends,
-                    "verified": True,
-                    "verify_ms": result.ms,
-                    "verify_status": result.status,
-                    "verify_checks": checks,
-                }
-            if ctx.elapsed() >= give_up:
-                raise TransientError(
-                    f"{ctx.tenant.url} did not serve the tenant's page after {checks} "
-                    f"check(s): {result.status or 'no answer'}, {result.detail}",
-                    category="traffic",
-                )
-            ctx.sleep(VERIFY_POLL)
+        ctx.check_cancel()
+        result = verify_tenant(ctx.tenant)
+        checks = memo["checks"] = memo.get("checks", 0) + 1
+        ctx.log(result.line(), "info" if result.ok else "warning")
+        if result.ok:
+            return {
+                "url": ctx.tenant.url,
+                "backends": route.backends,
+                "verified": True,
+                "verify_ms": result.ms,
+                "verify_status": result.status,
+                "verify_checks": checks,
+            }
+        if ctx.elapsed() >= memo["give_up_s"]:
+            raise TransientError(
+                f"{ctx.tenant.url} did not serve the tenant's page after {checks} "
+                f"check(s): {result.status or 'no answer'}, {result.detail}",
+                category="traffic",
+            )
+        raise ctx.check_again(
+            VERIFY_POLL,
+            message=f"{ctx.tenant.url}: {result.status or 'no answer'} ({checks} check(s))",
+            reason=f"waiting for {ctx.tenant.url} to serve the tenant's page",
+        )
 
     def on_success(self, ctx, outputs) -> None:
         # Inside the fenced transaction that records the step's success: the

@@ -32,12 +32,19 @@ def wait_spec(seconds: float) -> dict:
 
 
 def wait(ctx, seconds: float) -> None:
-    """The one place the no-op saga waits.
+    """The one place the no-op saga waits: parked, like the hang fault, holding no worker.
 
-    Today the engine offers ``ctx.sleep``, which holds the worker for the whole
-    wait; when the engine gains its park API, this becomes that one call.
+    Each check of the step calls this; the first starts the wait (a requested
+    wait is not a step overrunning its budget), later ones see whether it is over.
     """
-    ctx.sleep(seconds)
+    if "wait_until" not in ctx.memo:
+        ctx.extend_deadline(seconds)
+        ctx.memo["wait_until"] = ctx.elapsed() + seconds
+    left = ctx.memo["wait_until"] - ctx.elapsed()
+    if left > 0:
+        raise ctx.check_again(
+            left, message=f"benchmark wait of {seconds:g}s", reason="benchmark wait"
+        )
 
 
 class NoopStep(Step):
@@ -72,8 +79,6 @@ class NoopWaitReady(NoopStep):
             if spec.get("step") == self.id and spec.get("kind") == WAIT_KIND
         )
         if seconds > 0:
-            # Like the hang fault: a requested wait is not a step overrunning its budget.
-            ctx.extend_deadline(seconds)
             wait(ctx, seconds)
         return {"waited_s": seconds}
 
