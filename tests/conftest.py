@@ -246,6 +246,27 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def run_python(args: list[str], *, umask: int = -1, **env) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the project, on the test database; an env value of None unsets it."""
+    environment = subprocess_env(**{k: v for k, v in env.items() if v is not None})
+    for name in [k for k, v in env.items() if v is None]:
+        environment.pop(name, None)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        umask=umask,
+    )
+
+
+def manage(*args: str, **env) -> subprocess.CompletedProcess:
+    """``manage.py ARGS`` as a subprocess (see run_python)."""
+    return run_python(["manage.py", *args], **env)
+
+
 def stop_process(proc: subprocess.Popen, timeout: float, *, group: bool = False) -> None:
     """SIGTERM the process (or its whole session with ``group``); SIGKILL all after ``timeout``."""
     if proc.poll() is not None:

@@ -8,18 +8,7 @@ import psycopg
 import pytest
 
 from provisioning.steps import STEPS
-from tests.conftest import ROOT, owner_database_url, subprocess_env
-
-
-def manage(*args, **env):
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=subprocess_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.conftest import ROOT, manage, owner_database_url, subprocess_env
 
 
 @pytest.mark.django_db

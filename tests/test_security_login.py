@@ -23,7 +23,7 @@ from django.utils import timezone
 
 import console.urls
 from tests.browser_support import Daphne
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, run_python, subprocess_env
 
 pytestmark = pytest.mark.django_db
 
@@ -224,18 +224,9 @@ def test_password_reset_works_where_enabled(client, operator, reset_pages):
     ],
 )
 def test_password_reset_is_on_by_default_only_with_smtp(env, enabled):
-    environment = subprocess_env(**env)
-    for name in ("EMAIL_BACKEND", "PASSWORD_RESET_ENABLED"):
-        if name not in env:
-            environment.pop(name, None)
     code = "from django.conf import settings; print(settings.PASSWORD_RESET_ENABLED)"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_python(
+        ["-c", code], **{"EMAIL_BACKEND": None, "PASSWORD_RESET_ENABLED": None, **env}
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(enabled)

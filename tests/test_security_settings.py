@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, run_python, subprocess_env
 
 pytestmark = pytest.mark.django_db  # the subprocesses are pointed at the test database
 
@@ -27,19 +27,7 @@ PRODUCTION = {
 
 
 def python(code: str, *, umask: int = -1, **env) -> subprocess.CompletedProcess:
-    environment = subprocess_env(**env)
-    for name, value in env.items():
-        if value is None:  # None: not set at all
-            environment.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        umask=umask,
-    )
+    return run_python(["-c", code], umask=umask, **env)
 
 
 def production_settings(**env) -> dict:

@@ -1,22 +1,12 @@
 """Settings fail loudly on a bad value, before anything starts."""
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import manage
 
 
 def check(**env):
-    return subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=subprocess_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage("check", **env)
 
 
 @pytest.mark.django_db
