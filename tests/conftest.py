@@ -32,6 +32,10 @@ _seed = importlib.import_module("tenants.migrations.0002_seed_plans_and_groups")
 # TEST_APP_ROLE=NAME runs the suite as the role `create_app_role NAME` makes,
 # as production runs (docs/DATABASE.md); unset, as the owner.
 APP_ROLE = os.environ.get("TEST_APP_ROLE", "")
+if APP_ROLE and os.environ.get("PYTEST_XDIST_WORKER"):
+    # A role is the server's, not the database's: each xdist worker makes its
+    # own, so two workers never grant to one role at the same moment.
+    APP_ROLE += "_" + os.environ["PYTEST_XDIST_WORKER"]
 # The owner's USER and PASSWORD, whichever role the suite runs as.
 _owner_login: dict = {}
 
