@@ -14,6 +14,7 @@ import os
 from django.conf import settings
 
 from provisioning.errors import PermanentError, TransientError
+from tenants.filters import whole_number
 
 KINDS = ("transient", "permanent", "hang", "crash")
 DEFAULT_N = {"transient": 1, "permanent": 1, "hang": 60, "crash": 1}
@@ -42,9 +43,10 @@ def parse(spec: str) -> dict:
         raise ValueError(f"--fault {spec!r}: unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
     n = DEFAULT_N[kind]
     if len(parts) == 3:
-        if not parts[2].isdigit() or int(parts[2]) < 1 or int(parts[2]) > 3600:
+        # The shared parser: isdigit() says yes to "²", which int() refuses.
+        n = whole_number(parts[2], default=0, maximum=10**9)
+        if not 1 <= n <= 3600:
             raise ValueError(f"--fault {spec!r}: N must be a whole number from 1 to 3600")
-        n = int(parts[2])
     return {"step": step, "kind": kind, "n": n, "used": 0}
 
 
