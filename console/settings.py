@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from console.database import database_settings
 from console.env import envbool, envchoice, envfloat, envint, kept_secret
+from provisioning.drivers import DEFAULT_WORKLOAD_IMAGE, DRIVER_NAMES  # Django-free module
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Under pytest: the test database, resource names and route table stay apart (below).
@@ -224,8 +225,8 @@ PASSWORD_RESET_ENABLED = envbool(
 )
 
 # Workloads.
-WORKLOAD_DRIVER = envchoice("WORKLOAD_DRIVER", "auto", ("auto", "docker", "process"))
-WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", "tenant-console/workload:2")
+WORKLOAD_DRIVER = envchoice("WORKLOAD_DRIVER", "auto", DRIVER_NAMES)
+WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", DEFAULT_WORKLOAD_IMAGE)
 # Each tenant's Docker network gets its own small subnet from this pool (the
 # engine's default pools run out after about 30 networks).
 WORKLOAD_SUBNET_POOL = os.environ.get("WORKLOAD_SUBNET_POOL", "10.213.0.0/16")

@@ -113,7 +113,7 @@ def var_dir() -> Path:
 def workload_image() -> str:
     from django.conf import settings
 
-    return getattr(settings, "WORKLOAD_IMAGE", DEFAULT_WORKLOAD_IMAGE) or DEFAULT_WORKLOAD_IMAGE
+    return settings.WORKLOAD_IMAGE or DEFAULT_WORKLOAD_IMAGE
 
 
 @contextlib.contextmanager
