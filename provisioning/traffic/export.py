@@ -41,8 +41,8 @@ def render(routes) -> str:
     lines_map, upstreams = [], []
     for route in sorted(routes, key=lambda r: r.hostname):
         host = route.hostname.lower().rsplit(":", 1)[0]
-        backends = [b for b in route.backends or () if BACKEND_RE.match(b)]
-        if not (route.enabled and backends and HOST_RE.match(host)):
+        backends = [b for b in route.backends or () if BACKEND_RE.fullmatch(b)]
+        if not (route.enabled and backends and HOST_RE.fullmatch(host)):
             continue
         name = f"tenant_{route.tenant_id}"
         lines_map.append(f"    {host} {name};")
