@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from console import presenters
+from console.presenters.audit import audit_context
+from console.presenters.detail import detail_context
+from console.presenters.tenant_list import banner_context, tenant_rows
 from provisioning.models import AuditEvent
 from tenants.filters import audit_filters, list_filters
 from tenants.models import Tenant
@@ -49,14 +51,14 @@ def _role(role: str) -> str:
 
 def detail_fragments(tenant: Tenant, *, role: str) -> str:
     """Every live region of the tenant's detail page (ids: DETAIL_IDS)."""
-    context = presenters.detail_context(tenant, _role(role))
+    context = detail_context(tenant, _role(role))
     return "".join(render_to_string(name, context) for name in DETAIL_PARTIALS.values())
 
 
 def list_fragments(*, role: str, state: str = "", q: str = "") -> str:
     """The tenants table (id ``tenant-table``) for these filters, and ``#drift-banner``."""
     filters = list_filters({"state": state, "q": q})
-    context = {**presenters.tenant_rows(**filters), "role": _role(role)}
+    context = {**tenant_rows(**filters), "role": _role(role)}
     # ``#drift-banner``: what the reconcile schedule found last (it loads its own data).
     return render_to_string("tenants/_tenant_table.html", context) + render_to_string(
         "tenants/_drift_banner.html"
@@ -65,13 +67,13 @@ def list_fragments(*, role: str, state: str = "", q: str = "") -> str:
 
 def banner_fragment(user) -> str:
     """``#failure-banner``: the user's latest failure in 24 h, or an empty placeholder."""
-    return render_to_string("tenants/_failure_banner.html", presenters.banner_context(user))
+    return render_to_string("tenants/_failure_banner.html", banner_context(user))
 
 
 def audit_fragments(*, type_prefix: str = "", tenant: str = "", page: int = 1) -> str:
     """The audit feed's rows and pagination (id ``audit-rows``)."""
     filters = audit_filters({"type": type_prefix, "tenant": tenant, "page": str(page)})
-    return render_to_string("audit/_audit_rows.html", presenters.audit_context(**filters))
+    return render_to_string("audit/_audit_rows.html", audit_context(**filters))
 
 
 def toast(level: str, text: str, *, link: str = "", key: str = "") -> str:

@@ -1,7 +1,7 @@
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.urls import path, re_path
 
-from provisioning.live.consumers import AuditConsumer, TenantDetailConsumer, TenantListConsumer
+from console.live.consumers import AuditConsumer, TenantDetailConsumer, TenantListConsumer
 
 
 class NoSuchSocket(AsyncWebsocketConsumer):

@@ -104,6 +104,7 @@ INSTALLED_APPS = [
     "axes",
     "tenants",
     "provisioning",
+    "console",  # the web layer: its template tags
 ]
 
 MIDDLEWARE = [
@@ -313,6 +314,7 @@ LOGGING = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         "provisioning": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+        "console": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
         # django-q2 logs as "django-q" and adds a handler of its own (printing
         # "[Q] INFO ...") unless this one is configured first.
         "django-q": {

@@ -3,7 +3,6 @@ nothing about a run's state can be edited here, and audit events not at all."""
 
 from django.contrib import admin
 
-from console.admin_base import ReadOnlyAdmin, ReadOnlyMixin
 from provisioning.models import (
     AuditEvent,
     BannerDismissal,
@@ -11,6 +10,7 @@ from provisioning.models import (
     StepLogLine,
     StepRun,
 )
+from tenants.admin_base import ReadOnlyAdmin, ReadOnlyMixin
 
 
 @admin.register(AuditEvent)

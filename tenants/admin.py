@@ -3,9 +3,9 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from console.admin_base import ReadOnlyAdmin
 from provisioning.steps import validate_step_budgets
 from provisioning.steps.base import InvalidBudgets
+from tenants.admin_base import ReadOnlyAdmin
 from tenants.models import Plan, Tenant
 
 

@@ -9,8 +9,8 @@ from django.contrib.sessions.models import Session
 from django.db import transaction
 from playwright.sync_api import expect
 
+from console.live import access
 from provisioning.audit import announce
-from provisioning.live import access
 from tests.conftest import new_tenant
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

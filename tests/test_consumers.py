@@ -10,8 +10,8 @@ from django.conf import settings
 from django.test import Client
 
 from console.asgi import application
+from console.live.hub import stop_hub
 from provisioning import actions
-from provisioning.live.hub import stop_hub
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from console import presenters
+from console.presenters.detail import detail_context
 from provisioning import expectations
 from provisioning.expectations import expectation, expected_seconds, percentile
 from provisioning.models import StepRun
@@ -102,7 +102,7 @@ def test_progress_bar_and_timeline_use_the_expectation(operator, plans):
     finished(operator, "deploy_workloads", [12, 12, 12, 12, 12])
     tenant = create(operator)
     start(tenant, "deploy_workloads")
-    context = presenters.detail_context(tenant, "operator")
+    context = detail_context(tenant, "operator")
     assert context["progress"]["expected"] == pytest.approx(12.0, abs=0.05)
     rows = {row.step.step_id: row for row in context["steps"]}
     assert rows["deploy_workloads"].expected == "expected ~12s"

@@ -462,7 +462,7 @@ async def exercise(ws: WebsocketCommunicator, what: str) -> bool:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_every_socket_refuses_or_answers_hostile_queries_slugs_and_frames(operator):
-    from provisioning.live.hub import stop_hub
+    from console.live.hub import stop_hub
 
     tenant = await database_sync_to_async(create)(operator)
     cookie = await session_cookie(operator)

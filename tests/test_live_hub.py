@@ -8,11 +8,11 @@ from channels.db import database_sync_to_async
 from django.db import connection, transaction
 from django.test import Client
 
+from console.live import hub as hub_module
+from console.live.access import Grant
+from console.live.hub import Hub
 from provisioning import actions
 from provisioning.audit import announce, record_event
-from provisioning.live import hub as hub_module
-from provisioning.live.access import Grant
-from provisioning.live.hub import Hub
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

@@ -18,10 +18,10 @@ from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from console.live import access
+from console.live import hub as hub_module
+from console.live.hub import get_hub, stop_hub
 from provisioning.audit import announce
-from provisioning.live import access
-from provisioning.live import hub as hub_module
-from provisioning.live.hub import get_hub, stop_hub
 from tests.test_consumers import assert_signed_out, communicator, make_tenant, open_detail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

@@ -5,7 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from console import fragments, presenters
+from console import fragments
+from console.presenters.events import summarize_event
+from console.presenters.tenant_list import tenant_rows
 from provisioning import actions, expectations, ledger, stall
 from provisioning.models import AuditEvent, StepRun
 from tests.conftest import drive_in_background, new_tenant, wait_for
@@ -65,7 +67,7 @@ def test_the_pages_show_stalled_from_the_clock_even_without_an_event(operator, s
     assert "Runbook:" in html and stall.RUNBOOK["deploy_workloads"][:40] in html
     assert "Stalled?" in html and "flagged after" in html
     assert "stalled?" in fragments.list_fragments(role="viewer")
-    assert presenters.tenant_rows()["rows"][0]["summary"]["stalled"] is True
+    assert tenant_rows()["rows"][0]["summary"]["stalled"] is True
     assert stalled_events(tenant) == []
 
 
@@ -132,7 +134,7 @@ def test_a_hang_on_wait_ready_is_flagged_within_the_detection_interval(
         html = fragments.detail_fragments(tenant, role="operator")
         assert "stalled?" in html and "Replicas are not answering" in html
         assert "stalled?" in fragments.list_fragments(role="operator")
-        summary = presenters.summarize_event(event)
+        summary = summarize_event(event)
         assert "stalled" in summary.lower()
     finally:
         worker.join(timeout=60)

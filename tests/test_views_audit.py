@@ -3,7 +3,7 @@
 import pytest
 from django.urls import reverse
 
-from console.presenters import AUDIT_PAGE_SIZE
+from console.presenters.audit import AUDIT_PAGE_SIZE
 from provisioning.audit import record_event
 from tenants.filters import audit_filters
 from tests.views_support import create, fail

@@ -5,7 +5,7 @@ tab catches up), then whatever the hub pushes. Frames from the browser are
 optional: ``{"action": "refresh"}`` re-sends the state; anything else gets an
 error frame and changes nothing.
 
-Who may watch is decided by ``provisioning.live.access`` from the session
+Who may watch is decided by ``console.live.access`` from the session
 cookie, on connect and again before every push and refresh; which pages may
 open a socket at all, by ``console.ws_security`` in front of these.
 """
@@ -20,8 +20,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils.html import escape
 
-from provisioning.live import access
-from provisioning.live.hub import get_hub
+from console.live import access
+from console.live.hub import get_hub
 
 MAX_FRAME = 4096
 REJECT_NOT_FOUND = 4404

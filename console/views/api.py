@@ -1,38 +1,24 @@
+"""JSON endpoints: health, the status JSON, the user's recent failures."""
+
 import logging
 
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
 
-from console import fragments, presenters
 from provisioning.failures import (
     DEFAULT_HOURS,
     DEFAULT_LIMIT,
     MAX_HOURS,
     MAX_LIMIT,
-    dismiss_failure,
     recent_failures,
 )
-from provisioning.models import ProvisioningRun
 from provisioning.status import tenant_status
-from tenants.access import get_tenant_for_user, role_of
-from tenants.filters import audit_filters, audit_query, whole_number
+from tenants.access import get_tenant_for_user
+from tenants.filters import whole_number
 
 log = logging.getLogger(__name__)
-
-# Suggestions for the audit feed's type filter.
-AUDIT_PREFIXES = [
-    "tenant.",
-    "tenant.created",
-    "tenant.provisioning.*",
-    "tenant.provisioning.step_",
-    "tenant.provisioning.completed",
-    "tenant.provisioning.failed",
-    "tenant.provisioning.cancel",
-    "tenant.decommission.*",
-]
 
 
 @require_GET
@@ -69,30 +55,3 @@ def recent_failures_api(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"degraded": degraded, "hours": hours, "limit": limit, "failures": failures}
     )
-
-
-@login_required
-@require_POST
-def dismiss_failure_view(request: HttpRequest, run_id: int) -> HttpResponse:
-    """Hide the banner for this failed run, for this user, in every tab."""
-    run = get_object_or_404(ProvisioningRun, pk=run_id, created_by=request.user)
-    dismiss_failure(request.user, run)
-    if request.htmx:
-        return HttpResponse(fragments.banner_fragment(request.user))
-    return redirect("tenant-list")
-
-
-@login_required
-@require_GET
-def audit_feed(request: HttpRequest) -> HttpResponse:
-    filters = audit_filters(request.GET)
-    query = audit_query(filters)
-    context = {
-        **presenters.audit_context(**filters),
-        "filters": filters,
-        "nav": "audit",
-        "role": role_of(request.user),
-        "ws_url": "/ws/audit/" + (f"?{query}" if query else ""),
-        "type_prefixes": AUDIT_PREFIXES,
-    }
-    return render(request, "audit/list.html", context)

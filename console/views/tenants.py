@@ -1,4 +1,4 @@
-"""The tenants pages: list, create, detail, and the action endpoints.
+"""The tenants pages: list, create, detail, and the action endpoints (and the banner's dismiss).
 
 Each view parses input, calls one action, and renders; the pages and the
 htmx responses render the same partials the websocket layer pushes.
@@ -13,14 +13,18 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console import fragments, presenters
+from console import fragments
+from console.forms import ActionForm, DecommissionForm, RetryForm, TenantForm
+from console.presenters.detail import detail_context
+from console.presenters.tenant_list import banner_context, tenant_rows
 from provisioning import actions, diagnostics, dryrun
+from provisioning.failures import dismiss_failure
+from provisioning.models import ProvisioningRun
 from tenants.access import get_tenant_for_user, role_of
 from tenants.filters import list_filters, list_query
-from tenants.forms import ActionForm, DecommissionForm, RetryForm, TenantForm
 from tenants.models import Tenant
 
 
@@ -30,8 +34,8 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
     filters = list_filters(request.GET)
     query = list_query(filters)
     context = {
-        **presenters.tenant_rows(**filters),
-        **presenters.banner_context(request.user),
+        **tenant_rows(**filters),
+        **banner_context(request.user),
         "role": role_of(request.user),
         "nav": "tenants",
         "filters": filters,
@@ -87,7 +91,7 @@ def tenant_diagnostics(request: HttpRequest, slug: str) -> JsonResponse:
 @require_GET
 def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_tenant_for_user(request, slug)
-    context = presenters.detail_context(tenant, role_of(request.user))
+    context = detail_context(tenant, role_of(request.user))
     context.update(nav="tenants", ws_url=f"/ws/tenants/{tenant.slug}/")
     return render(request, "tenants/detail.html", context)
 
@@ -182,3 +186,14 @@ def tenant_decommission(request: HttpRequest, slug: str) -> HttpResponse:
         ),
         "Decommissioning {slug}: its resources are being removed.",
     )
+
+
+@login_required
+@require_POST
+def dismiss_failure_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Hide the banner for this failed run, for this user, in every tab."""
+    run = get_object_or_404(ProvisioningRun, pk=run_id, created_by=request.user)
+    dismiss_failure(request.user, run)
+    if request.htmx:
+        return HttpResponse(fragments.banner_fragment(request.user))
+    return redirect("tenant-list")
