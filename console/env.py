@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import stat
@@ -34,12 +35,22 @@ def envint(name: str, default: str, *, minimum: int | None = None) -> int:
     return number
 
 
-def envfloat(name: str, default: str) -> float:
+def envfloat(
+    name: str, default: str, *, above: float | None = None, maximum: float | None = None
+) -> float:
+    """A number; with bounds, also finite (float() takes "nan" and "inf") and within them."""
     value = os.environ.get(name, default)
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+    if above is None and maximum is None:
+        return number
+    if not math.isfinite(number) or (above is not None and number <= above):
+        raise ImproperlyConfigured(f"{name} must be a number above {above:g}, not {value!r}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum:g}, not {value!r}")
+    return number
 
 
 def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -232,6 +232,12 @@ WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", DEFAULT_WORKLOAD_IMAGE)
 # engine's default pools run out after about 30 networks).
 WORKLOAD_SUBNET_POOL = os.environ.get("WORKLOAD_SUBNET_POOL", "10.213.0.0/16")
 WORKLOAD_SUBNET_PREFIX = envint("WORKLOAD_SUBNET_PREFIX", "27")
+# How long a step (or its undo) keeps retrying while the Docker Engine is
+# unreachable or restarting (errors.EngineOutage), instead of its attempts:
+# a restart of dockerd takes seconds to a minute, far past a step's backoff.
+WORKLOAD_ENGINE_OUTAGE_SECONDS = envfloat(
+    "WORKLOAD_ENGINE_OUTAGE_SECONDS", "120", above=0, maximum=86400
+)
 # Prefix of every container, network and process name this installation
 # creates (after "tpc-"); lower-case letters, digits and '-' only.
 RESOURCE_NAMESPACE = os.environ.get("RESOURCE_NAMESPACE", "")

@@ -38,6 +38,18 @@ def test_production_mode_refuses_to_start_without_a_real_secret_key():
         ({"AXES_COOLOFF_MINUTES": "-5"}, "AXES_COOLOFF_MINUTES must be at least 0"),
         ({"CLIENT_IP_HEADER": "HTTP_X_REAL_IP"}, "CLIENT_IP_HEADER must be a header name"),
         ({"PASSWORD_RESET_ENABLED": "perhaps"}, "PASSWORD_RESET_ENABLED must be one of"),
+        (
+            {"WORKLOAD_ENGINE_OUTAGE_SECONDS": "0"},
+            "WORKLOAD_ENGINE_OUTAGE_SECONDS must be a number above 0",
+        ),
+        (
+            {"WORKLOAD_ENGINE_OUTAGE_SECONDS": "nan"},
+            "WORKLOAD_ENGINE_OUTAGE_SECONDS must be a number above 0",
+        ),
+        (
+            {"WORKLOAD_ENGINE_OUTAGE_SECONDS": "2m"},
+            "WORKLOAD_ENGINE_OUTAGE_SECONDS must be a number",
+        ),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(env, message):

@@ -58,7 +58,7 @@ class WorkloadDriver(Protocol):
     name: str
 
     def ping(self) -> None:
-        """Raise TransientError(category='docker_unreachable') if unreachable."""
+        """Raise errors.EngineOutage when the engine does not answer."""
 
     def ensure_image(self, image: str) -> None:
         """Make sure the image exists, building the project's image if missing."""

@@ -136,12 +136,8 @@ class DockerDriver:
         return self._client
 
     def ping(self) -> None:
-        try:
+        with _docker_errors():
             self.client.ping()
-        except Exception as exc:
-            raise TransientError(
-                f"Docker Engine unreachable: {exc}", category="docker_unreachable"
-            ) from exc
 
     # Image
 
