@@ -6,7 +6,6 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from provisioning import actions
 from provisioning import faults as fault_specs
 from tenants.models import Plan, Tenant
 from tenants.validation import REASON_MAX, validate_request
@@ -137,17 +136,9 @@ class ActionForm(forms.Form):
 
 
 class RetryForm(ActionForm):
+    # Past the failed-attempts limit the dialog asks to confirm "retry anyway";
+    # the action itself refuses a retry past it without ``force``.
     force = forms.BooleanField(required=False)
-
-    def clean(self):
-        data = super().clean()
-        # Past the failed-attempts limit, the dialog asks to confirm "retry anyway".
-        if not self.errors and not data["force"] and actions.needs_force(self.tenant):
-            raise ValidationError(
-                f"{self.tenant.slug} has failed {actions.failed_attempts(self.tenant)} times: "
-                "read the error, then confirm “retry anyway” to try again."
-            )
-        return data
 
 
 class DecommissionForm(ActionForm):

@@ -95,13 +95,7 @@ def request_cancel(tenant: Tenant, *, user=None, reason: str = "") -> Provisioni
     with transaction.atomic():
         tenant = Tenant.objects.lock(pk=tenant.pk)
         run = latest_run(tenant)
-        if tenant.state != Tenant.State.PROVISIONING or run is None or not run.is_live:
-            raise ActionError(
-                f"{tenant.slug} is {tenant.state}: "
-                "only a tenant that is provisioning can be cancelled"
-            )
-        if run.cancel_requested or run.status == RunStatus.COMPENSATING:
-            raise AlreadyUnderWay(f"cancel of {tenant.slug} is already under way")
+        refuse(cancel_refusal(tenant, run))
         run.cancel_requested = True
         run.cancel_requested_at = timezone.now()
         fields = ["cancel_requested", "cancel_requested_at"]
@@ -129,24 +123,8 @@ def reset_provisioning(tenant: Tenant, *, user=None, reason: str = "") -> Provis
     with transaction.atomic():
         tenant = Tenant.objects.lock(pk=tenant.pk)
         run = latest_run(tenant, Kind.PROVISION)
-        if run is None:
-            raise ActionError(f"{tenant.slug} has no provisioning run to reset")
         now = timezone.now()
-        if run.is_live and run.lease_expires_at and run.lease_expires_at > now:
-            raise ActionError(
-                f"{tenant.slug}: attempt {run.attempt} is running (a worker holds its lease); "
-                "cancel it first, or wait for it to finish"
-            )
-        if run.is_parked:
-            raise ActionError(
-                f"{tenant.slug}: attempt {run.attempt} is waiting ({run.wait_reason}) and will "
-                "go on by itself; cancel it first, or wait for it to finish"
-            )
-        stuck = tenant.state == Tenant.State.PROVISIONING and run.is_live  # its worker died
-        if tenant.state != Tenant.State.FAILED and not stuck:
-            raise ActionError(f"{tenant.slug} is {tenant.state}: only a failed tenant can be reset")
-        if run.reset_at and not run.is_live:
-            raise AlreadyUnderWay(f"attempt {run.attempt} of {tenant.slug} is already reset")
+        refuse(reset_refusal(tenant, run, now))
         was_live = run.is_live
         # A run left in flight by a dead worker ends here; the fence bump
         # refuses any write from that worker should it come back.
@@ -181,21 +159,9 @@ def retry_provisioning(
     with transaction.atomic():
         tenant = Tenant.objects.lock(pk=tenant.pk)
         previous = latest_run(tenant)
-        if tenant.state == Tenant.State.PROVISIONING and previous and previous.is_live:
-            raise AlreadyUnderWay(
-                f"{tenant.slug} is already provisioning (attempt {previous.attempt})"
-            )
-        if tenant.state != Tenant.State.FAILED:
-            raise ActionError(
-                f"{tenant.slug} is {tenant.state}: only a failed tenant can be retried"
-            )
         failures = failed_attempts(tenant)
+        refuse(retry_refusal(tenant, previous, failures=failures, force=force))
         limit = settings.PROVISIONING_MAX_FAILED_ATTEMPTS
-        if failures >= limit and not force:
-            raise ActionError(
-                f"{tenant.slug} has failed {failures} times; look at the error first, "
-                "then retry with --force"
-            )
         reuse = reusable_steps(previous) if previous and previous.kind == Kind.PROVISION else {}
         run = _new_run(tenant, Kind.PROVISION, user, reuse_from=reuse)
         tenant.state = Tenant.State.PROVISIONING
@@ -240,21 +206,7 @@ def decommission_tenant(tenant: Tenant, *, user=None, reason: str = "") -> Provi
     with transaction.atomic():
         tenant = Tenant.objects.lock(pk=tenant.pk)
         current = latest_run(tenant)
-        if tenant.state == Tenant.State.DECOMMISSIONING and current and current.is_live:
-            raise AlreadyUnderWay(f"{tenant.slug} is already being decommissioned")
-        if tenant.state == Tenant.State.DECOMMISSIONED:
-            raise ActionError(f"{tenant.slug} is already decommissioned")
-        if tenant.state == Tenant.State.PROVISIONING:
-            raise ActionError(
-                f"{tenant.slug} is provisioning: cancel it first, then decommission it"
-            )
-        if current and current.is_live:
-            # Active already, but its run is still finishing (welcome emails):
-            # one run at a time per tenant.
-            raise ActionError(
-                f"{tenant.slug}'s provisioning run is still finishing its last step; "
-                "decommission it in a moment"
-            )
+        refuse(decommission_refusal(tenant, current))
         run = _new_run(tenant, Kind.DECOMMISSION, user)
         previous_state = tenant.state
         tenant.state = Tenant.State.DECOMMISSIONING
@@ -269,39 +221,114 @@ def decommission_tenant(tenant: Tenant, *, user=None, reason: str = "") -> Provi
     return run
 
 
+# ---------------------------------------------------------------- may it happen now?
+#
+# One predicate per action answers "may this happen now, and if not, why?":
+# the action asks it under the tenant's row lock and raises its answer; the
+# console asks it (``allowed_actions``) to offer a button or grey it out with
+# the same words. Each returns the refusal it would raise, or None.
+
+
+def refuse(refusal: ActionError | None) -> None:
+    if refusal is not None:
+        raise refusal
+
+
+def cancel_refusal(tenant: Tenant, run: ProvisioningRun | None) -> ActionError | None:
+    """``run``: the tenant's latest run."""
+    if tenant.state != Tenant.State.PROVISIONING or run is None or not run.is_live:
+        return ActionError(
+            f"{tenant.slug} is {tenant.state}: only a tenant that is provisioning can be cancelled"
+        )
+    if run.cancel_requested or run.status == RunStatus.COMPENSATING:
+        return AlreadyUnderWay(f"cancel of {tenant.slug} is already under way")
+    return None
+
+
+def reset_refusal(tenant: Tenant, run: ProvisioningRun | None, now=None) -> ActionError | None:
+    """``run``: the tenant's latest provisioning run.
+
+    Allowed for a failed tenant, and for a run in flight that nobody advances:
+    its lease expired (its worker died) and it is not parked.
+    """
+    if run is None:
+        return ActionError(f"{tenant.slug} has no provisioning run to reset")
+    now = now or timezone.now()
+    if run.is_live and run.lease_expires_at and run.lease_expires_at > now:
+        return ActionError(
+            f"{tenant.slug}: attempt {run.attempt} is running (a worker holds its lease); "
+            "cancel it first, or wait for it to finish"
+        )
+    if run.is_parked:
+        return ActionError(
+            f"{tenant.slug}: attempt {run.attempt} is waiting ({run.wait_reason}) and will "
+            "go on by itself; cancel it first, or wait for it to finish"
+        )
+    stuck = tenant.state == Tenant.State.PROVISIONING and run.is_live  # its worker died
+    if tenant.state != Tenant.State.FAILED and not stuck:
+        return ActionError(f"{tenant.slug} is {tenant.state}: only a failed tenant can be reset")
+    if run.reset_at and not run.is_live:
+        return AlreadyUnderWay(
+            f"attempt {run.attempt} of {tenant.slug} is already reset; "
+            "a retry starts from the first step"
+        )
+    return None
+
+
+def retry_refusal(
+    tenant: Tenant, previous: ProvisioningRun | None, *, failures: int, force: bool
+) -> ActionError | None:
+    """``previous``: the tenant's latest run; ``failures``: its failed provisioning attempts."""
+    if tenant.state == Tenant.State.PROVISIONING and previous and previous.is_live:
+        return AlreadyUnderWay(
+            f"{tenant.slug} is already provisioning (attempt {previous.attempt})"
+        )
+    if tenant.state != Tenant.State.FAILED:
+        return ActionError(f"{tenant.slug} is {tenant.state}: only a failed tenant can be retried")
+    if failures >= settings.PROVISIONING_MAX_FAILED_ATTEMPTS and not force:
+        return ActionError(
+            f"{tenant.slug} has failed {failures} times; read the error first, then retry "
+            "anyway (--force)"
+        )
+    return None
+
+
+def decommission_refusal(tenant: Tenant, current: ProvisioningRun | None) -> ActionError | None:
+    """``current``: the tenant's latest run."""
+    if tenant.state == Tenant.State.DECOMMISSIONING and current and current.is_live:
+        return AlreadyUnderWay(f"{tenant.slug} is already being decommissioned")
+    if tenant.state == Tenant.State.DECOMMISSIONED:
+        return ActionError(f"{tenant.slug} is already decommissioned")
+    if tenant.state == Tenant.State.PROVISIONING:
+        return ActionError(f"{tenant.slug} is provisioning: cancel it first, then decommission it")
+    if current and current.is_live:
+        # Active already, but its run is still finishing (welcome emails):
+        # one run at a time per tenant.
+        return ActionError(
+            f"{tenant.slug}'s provisioning run is still finishing its last step; "
+            "decommission it in a moment"
+        )
+    return None
+
+
 def allowed_actions(tenant: Tenant) -> dict[str, tuple[bool, str]]:
     """Which operations the tenant's state allows now, each with why not.
 
-    The console uses this to show, disable and explain buttons; the actions
-    above enforce the same rules under the tenant's row lock.
+    The same predicates the actions raise from, so the console offers exactly
+    what an action accepts. Retry is asked as the dialog sends it: past the
+    failed-attempts limit the dialog asks to confirm (``needs_force``).
     """
     run = latest_run(tenant)
-    live = bool(run and run.is_live)
-    state = tenant.state
-    S = Tenant.State
-    cancel = (True, "")
-    if state != S.PROVISIONING or not live:
-        cancel = (False, f"Only a provisioning tenant can be cancelled; this one is {state}.")
-    elif run.cancel_requested or run.status == RunStatus.COMPENSATING:
-        cancel = (False, "Cancel is already under way.")
-    retry = (True, "")
-    if state != S.FAILED:
-        retry = (False, f"Only a failed tenant can be retried; this one is {state}.")
-    reset = (True, "")
-    if state != S.FAILED:
-        reset = (False, f"Only a failed tenant can be reset; this one is {state}.")
-    elif run and run.kind == Kind.PROVISION and run.reset_at:
-        reset = (False, "The last attempt is already reset; retry starts from the top.")
-    decommission = (True, "")
-    if live and state == S.ACTIVE:
-        decommission = (False, "The provisioning run is still finishing its last step.")
-    elif state == S.PROVISIONING:
-        decommission = (False, "Cancel provisioning first, then decommission.")
-    elif state == S.DECOMMISSIONING and live:
-        decommission = (False, "Decommissioning is already under way.")
-    elif state == S.DECOMMISSIONED:
-        decommission = (False, "This tenant is decommissioned.")
-    return {"cancel": cancel, "retry": retry, "reset": reset, "decommission": decommission}
+    provision = (
+        run if run is None or run.kind == Kind.PROVISION else latest_run(tenant, Kind.PROVISION)
+    )
+    refusals = {
+        "cancel": cancel_refusal(tenant, run),
+        "retry": retry_refusal(tenant, run, failures=0, force=True),
+        "reset": reset_refusal(tenant, provision),
+        "decommission": decommission_refusal(tenant, run),
+    }
+    return {name: (r is None, str(r) if r else "") for name, r in refusals.items()}
 
 
 def needs_force(tenant: Tenant) -> bool:

@@ -157,7 +157,7 @@ def test_an_htmx_action_answers_with_fresh_fragments_and_a_toast(client, operato
     assert 'id="timeline"' in html and 'id="step-line"' in html
     assert 'hx-swap-oob="beforeend:#toasts"' in html and "Cancel requested" in html
     # Cancel is now under way, so the button is disabled and says why.
-    assert "Cancel is already under way." in html
+    assert "cancel of acme is already under way" in html
     assert messages_of(response) == []  # said in the toast, not left for the next page
     assert run_of(tenant).cancel_requested
 

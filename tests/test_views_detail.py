@@ -155,7 +155,7 @@ def test_an_operator_sees_only_the_actions_the_state_allows(client, operator):
     assert 'data-open-dialog="dialog-cancel"' in html
     assert 'id="dialog-cancel"' in html
     # Decommission is shown disabled, saying why.
-    assert "Cancel provisioning first, then decommission." in html
+    assert "acme is provisioning: cancel it first, then decommission it" in html
     assert 'id="dialog-retry"' not in html
     fail(tenant)
     html = detail(client, operator).content.decode()

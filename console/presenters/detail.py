@@ -19,7 +19,7 @@ from console.presenters.runs import (
     Kind,
     RunStatus,
     S,
-    flagged_stall,
+    Snapshot,
     fmt_duration,
     progress_view,
     step_summary,
@@ -28,8 +28,8 @@ from console.presenters.runs import (
 from provisioning import actions
 from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
-from provisioning.models import AuditEvent, ProvisioningRun, StepRun, latest_run
-from provisioning.status import ACTIVE_STEP, iso, stopped_step
+from provisioning.models import AuditEvent, StepRun, latest_run
+from provisioning.status import ACTIVE_STEP, iso
 from provisioning.steps import BY_ID, CREATING_STEP_IDS, TOTAL, label_of
 from tenants.models import Tenant
 
@@ -91,15 +91,13 @@ class StepRow:
     runbook: str = ""
 
 
-def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]) -> list[StepRow]:
+def step_rows(snap: Snapshot) -> list[StepRow]:
+    tenant, run, steps, stopped = snap.tenant, snap.run, snap.steps, snap.stopped
     rows = []
-    stopped = stopped_step(run, steps)
     failing = stopped.step_id if stopped else ""
     cancelled = bool(run and run.cancelled)
     provisioning = bool(run and run.kind == Kind.PROVISION)
-    watching = provisioning and run.status == RunStatus.RUNNING
     parked = bool(run and run.is_parked)
-    now = timezone.now()
     for step in steps:
         mark, css, text = MARKS.get(step.status, ("?", "pending", step.status))
         definition = BY_ID.get(step.step_id)
@@ -128,7 +126,7 @@ def step_rows(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun])
         expected = stall_text = runbook = ""
         if provisioning and step.status in (S.PENDING, S.RUNNING, S.RETRYING, S.SUCCEEDED):
             expected = f"expected ~{fmt_duration(expected_seconds(step.step_id, tenant.plan))}"
-        found = flagged_stall(step, tenant.plan, now) if watching else None
+        found = snap.stalls.get(step.position)
         if found:
             stall_text = (
                 f"Running for {fmt_duration(found.elapsed)}, well past the usual "
@@ -207,7 +205,8 @@ def describe_outputs(step_id: str, outputs: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in o.items())
 
 
-def error_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]) -> dict | None:
+def error_view(snap: Snapshot) -> dict | None:
+    tenant, run, steps = snap.tenant, snap.run, snap.steps
     """The failure card: which step, what error, its category and the next action."""
     if run is None or run.is_live or run.status != RunStatus.FAILED:
         return None
@@ -234,7 +233,7 @@ def error_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]
                 "error": step.error if step.status == S.COMPENSATING else "",
             }
         )
-    stopped = stopped_step(run, steps)
+    stopped = snap.stopped
     cancel_event = None
     if run.cancelled:
         cancel_event = (
@@ -280,12 +279,16 @@ def error_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]
 
 ACTION_ORDER = ("cancel", "retry", "reset", "decommission")
 RELEVANT = {
-    Tenant.State.PROVISIONING: ("cancel", "decommission"),
+    Tenant.State.PROVISIONING: ("cancel", "reset", "decommission"),
     Tenant.State.FAILED: ("retry", "reset", "decommission"),
     Tenant.State.ACTIVE: ("decommission",),
     Tenant.State.DECOMMISSIONING: ("decommission",),
     Tenant.State.DECOMMISSIONED: (),
 }
+# Reset of a provisioning tenant is the way out for a run whose worker died
+# (its lease expired, nobody advances it); while a worker holds the run a
+# greyed-out Reset would only be noise beside Cancel.
+OFFERED_ONLY_WHEN_ALLOWED = {(Tenant.State.PROVISIONING, "reset")}
 ACTION_TEXT = {
     "cancel": (
         "Cancel provisioning",
@@ -298,7 +301,8 @@ ACTION_TEXT = {
     ),
     "reset": (
         "Reset",
-        "Clears the last attempt so that the next retry starts from the first step.",
+        "Clears the last attempt (and ends it, if its worker died) so that the next retry "
+        "starts from the first step.",
     ),
     "decommission": (
         "Decommission",
@@ -315,6 +319,8 @@ def actions_view(tenant: Tenant, role: str) -> dict:
     items = []
     for name in RELEVANT.get(tenant.state, ()):
         ok, why = allowed[name]
+        if not ok and (tenant.state, name) in OFFERED_ONLY_WHEN_ALLOWED:
+            continue
         title, explanation = ACTION_TEXT[name]
         items.append(
             {
@@ -336,7 +342,7 @@ def detail_context(tenant: Tenant, role: str) -> dict:
     """Everything the detail page's live regions show, read fresh from the database."""
     tenant = Tenant.objects.select_related("plan", "created_by").get(pk=tenant.pk)
     run = latest_run(tenant)
-    steps = steps_of(run, with_logs=True)
+    snap = Snapshot.of(tenant, run, steps_of(run, with_logs=True))
     events = [
         event_row(e)
         for e in tenant.events.select_related("tenant").order_by("-seq")[:EVENTS_ON_DETAIL]
@@ -346,13 +352,13 @@ def detail_context(tenant: Tenant, role: str) -> dict:
         "role": role,
         "run": run,
         "is_decommission": bool(run and run.kind == Kind.DECOMMISSION),
-        "summary": step_summary(tenant, run, steps),
-        "progress": progress_view(tenant, run, steps),
-        "steps": step_rows(tenant, run, steps),
+        "summary": step_summary(snap),
+        "progress": progress_view(snap),
+        "steps": step_rows(snap),
         "activated": tenant.state == Tenant.State.ACTIVE and tenant.activated_at is not None,
         # Only the latest run's failure: once a retry or a decommission
         # follows, the earlier error is history (the events keep it).
-        "error": error_view(tenant, run, steps),
+        "error": error_view(snap),
         "actions": actions_view(tenant, role),
         "events": events,
         "events_total": tenant.events.count(),

@@ -6,9 +6,11 @@ request: a push has none.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import Prefetch
+from django.utils import timezone
 
 from provisioning import stall
 from provisioning.expectations import expected_seconds
@@ -45,6 +47,43 @@ def flagged_stall(step: StepRun, plan, now: datetime | None = None) -> stall.Ver
     return found if found and (found.stalled or step.stalled_at) else None
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A run's derived state, computed once per render and read by every partial.
+
+    ``current``: the step a live run is on; ``stopped``: where a finished
+    provisioning run stopped; ``stalls``: the flagged stall verdict of each
+    step of a running provisioning run, by position.
+    """
+
+    tenant: Tenant
+    run: ProvisioningRun | None
+    steps: list[StepRun]
+    now: datetime
+    current: StepRun | None
+    stopped: StepRun | None
+    stalls: dict[int, stall.Verdict]
+
+    @classmethod
+    def of(cls, tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]) -> Snapshot:
+        now = timezone.now()
+        watching = bool(run and run.kind == Kind.PROVISION and run.status == RunStatus.RUNNING)
+        stalls = {}
+        if watching:
+            for step in steps:
+                if found := flagged_stall(step, tenant.plan, now):
+                    stalls[step.position] = found
+        return cls(
+            tenant=tenant,
+            run=run,
+            steps=steps,
+            now=now,
+            current=current_step(run, steps),
+            stopped=stopped_step(run, steps),
+            stalls=stalls,
+        )
+
+
 # ---------------------------------------------------------------- runs and steps
 
 
@@ -59,12 +98,13 @@ def steps_of(run: ProvisioningRun | None, *, with_logs: bool = False) -> list[St
     return list(steps)
 
 
-def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]) -> dict:
+def step_summary(snap: Snapshot) -> dict:
     """The "Step N/M · label" line, shared by the detail page and the list.
 
     ``since`` is when the current step started (the page ticks the elapsed
     time from it); ``took`` is the whole run's duration once it finished.
     """
+    run, current = snap.run, snap.current
     summary = {
         "text": "",
         "prefix": "",
@@ -80,7 +120,6 @@ def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRu
     if run is None:
         summary["text"] = "Not started"
         return summary
-    current = current_step(run, steps)
     if run.is_live and current is not None:
         summary.update(position=current.position, label=label_of(current.step_id))
         if run.kind == Kind.DECOMMISSION:
@@ -96,7 +135,7 @@ def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRu
         summary["since"] = iso(current.started_at or run.started_at or run.created_at)
         summary["tone"] = "busy"
         if run.kind == Kind.PROVISION and run.status == RunStatus.RUNNING:
-            found = flagged_stall(current, tenant.plan)
+            found = snap.stalls.get(current.position)
             if found:
                 summary["stalled"] = True
                 summary["stall_title"] = (
@@ -119,7 +158,7 @@ def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRu
     if run.status == RunStatus.SUCCEEDED:
         summary.update(text=f"All {TOTAL} steps done", tone="ok", position=TOTAL)
         return summary
-    stopped = stopped_step(run, steps)
+    stopped = snap.stopped
     verb = "Cancelled" if run.cancelled else "Failed"
     if stopped is not None:
         label = label_of(stopped.step_id)
@@ -131,13 +170,14 @@ def step_summary(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRu
     return summary
 
 
-def progress_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepRun]) -> dict:
+def progress_view(snap: Snapshot) -> dict:
     """What the progress bar needs: the server's floor, and what the page interpolates from.
 
     The page moves the bar inside a running step from ``started_at`` and
     ``expected`` (and never below ``reported``), and keeps the highest value
     it has shown per ``key`` so that a re-render never moves it backwards.
     """
+    tenant, run, steps, current = snap.tenant, snap.run, snap.steps, snap.current
     view = {
         "key": f"t{tenant.pk}-r{run.pk}" if run else f"t{tenant.pk}",
         "total": TOTAL,
@@ -157,7 +197,6 @@ def progress_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepR
         done = sum(
             1 for s in steps if s.status in DONE or (s.status == S.FAILED and _best_effort(s))
         )
-    current = current_step(run, steps)
     if run.is_live:
         view["mode"] = "undo" if run.status == RunStatus.COMPENSATING else "live"
         if current is not None and current.status in ACTIVE_STEP and current.started_at:
@@ -177,7 +216,7 @@ def progress_view(tenant: Tenant, run: ProvisioningRun | None, steps: list[StepR
     else:
         view["mode"] = "cancelled" if run.cancelled else "stopped"
         if run.kind == Kind.PROVISION:
-            stopped = stopped_step(run, steps)
+            stopped = snap.stopped
             done = max(0, (stopped.position if stopped else 1) - 1)
     view["done"] = done
     within = view["reported"] if view["mode"] == "live" else 0.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Q
 
-from console.presenters.runs import progress_view, step_summary
+from console.presenters.runs import Snapshot, progress_view, step_summary
 from provisioning.failures import recent_failures
 from provisioning.models import ProvisioningRun, StepRun
 from tenants.filters import ALL
@@ -46,12 +46,12 @@ def tenant_rows(*, state: str = "", q: str = "") -> dict:
     rows = []
     for tenant in tenants:
         run = runs.get(tenant.pk)
-        run_steps = steps.get(run.pk, []) if run else []
+        snap = Snapshot.of(tenant, run, steps.get(run.pk, []) if run else [])
         rows.append(
             {
                 "tenant": tenant,
-                "summary": step_summary(tenant, run, run_steps),
-                "progress": progress_view(tenant, run, run_steps),
+                "summary": step_summary(snap),
+                "progress": progress_view(snap),
             }
         )
     return {"rows": rows, "total": total, "shown": len(rows), "state": state, "q": q}
