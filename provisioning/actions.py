@@ -311,6 +311,30 @@ def decommission_refusal(tenant: Tenant, current: ProvisioningRun | None) -> Act
     return None
 
 
+def repair_refusal(tenant: Tenant) -> ActionError | None:
+    """Repair acts only on an active tenant with no run in flight (repair.not_repairable)."""
+    from provisioning import repair  # it imports the drivers, which need the app registry
+
+    why = repair.not_repairable(tenant)
+    return ActionError(why) if why else None
+
+
+def repair_tenant(tenant: Tenant, *, user=None, reason: str = "", source: str = "operator"):
+    """Bring an active tenant's workloads and route to its plan now (provisioning.repair).
+
+    Not one transaction: it waits on the workload driver. Each repair it makes
+    is recorded (with ``reason``) as it is made; returns the repair's Outcome.
+    """
+    from provisioning import repair
+
+    tenant = Tenant.objects.select_related("plan").get(pk=tenant.pk)
+    refuse(repair_refusal(tenant))
+    outcome = repair.repair_tenant(tenant, actor=user, reason=reason, source=source)
+    if outcome.skipped:  # it changed meanwhile, or another repair of it is running
+        raise ActionError(outcome.skipped)
+    return outcome
+
+
 def allowed_actions(tenant: Tenant) -> dict[str, tuple[bool, str]]:
     """Which operations the tenant's state allows now, each with why not.
 

@@ -72,9 +72,9 @@ class VerifyContext:
 
     @cached_property
     def driver(self):
-        from provisioning.drivers import get_driver
+        from provisioning.drivers import driver_for
 
-        return get_driver()
+        return driver_for(self.tenant)
 
 
 class StepContext(VerifyContext):

@@ -304,3 +304,26 @@ class ReconcileReport(models.Model):
 
     def __str__(self) -> str:
         return f"{len(self.findings)} finding(s) at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
+
+class WorkloadHealth(models.Model):
+    """What the repair loop last saw of a tenant's replicas (provisioning.repair), one row
+    per tenant: the pages' Degraded badge and live replica chips read it."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="workload_health")
+    expected = models.PositiveSmallIntegerField(default=0)  # the plan's replicas
+    healthy = models.PositiveSmallIntegerField(default=0)  # running and answering /healthz
+    # [{"name", "index", "state", "healthy", "failures", "answer"}], by index;
+    # "failures" counts failed health checks in a row (replaced at repair.UNHEALTHY_CHECKS).
+    replicas = models.JSONField(default=list, blank=True)
+    error = models.CharField(max_length=500, blank=True)  # why the last check could not look
+    checked_at = models.DateTimeField(null=True, blank=True)
+    degraded_since = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.tenant}: {self.healthy}/{self.expected} healthy"
+
+    @property
+    def degraded(self) -> bool:
+        """Fewer healthy replicas than the plan asks for (or none could be checked)."""
+        return self.healthy < self.expected

@@ -14,7 +14,13 @@ Two kinds of finding:
 - **missing**: an active tenant (no run in flight) whose recorded resources
   are gone: a replica not running, the network, the schema, or the route
   missing or switched off. These are reported with a suggested action and
-  never fixed here: an operator decides.
+  never fixed here. Workloads and routes are what the repair loop
+  (provisioning.repair) keeps in place, so for those the suggestion is
+  `repair_tenant`, never decommissioning; only a lost schema (the tenant's
+  data) calls for rebuilding the tenant.
+
+Each tenant's workloads are looked up on its own driver (``driver_for``);
+orphans on every driver in use (``drivers_in_use``).
 
 Only containers and networks whose names start with ``tpc-<RESOURCE_NAMESPACE>``
 directly followed by ``t<id>-<slug>`` are considered, and their labels must
@@ -34,7 +40,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from provisioning.audit import announce, record_event
-from provisioning.drivers import get_driver
+from provisioning.drivers import driver_for, drivers_in_use, get_driver
 from provisioning.drivers.base import (
     LABEL_KEY,
     LABEL_TENANT,
@@ -73,6 +79,7 @@ class Finding:
     key: str = ""  # driver key, for containers and networks
     suggestion: str = ""
     new: bool = False
+    driver: str = ""  # the driver it was found on, for containers and networks
 
     @property
     def id(self) -> str:
@@ -204,29 +211,52 @@ def _reason(tenant: Tenant | None, kind: str, name: str, *, slug: str | None = N
 
 
 def find_drift(driver=None) -> Report:
-    """Every orphan and every missing resource, now. Reads only."""
+    """Every orphan and every missing resource, now. Reads only.
+
+    ``driver`` (tests) stands in for every driver; by default each driver in
+    use is listed, and each tenant is checked on its own.
+    """
     report = Report(checked_at=timezone.now())
     owners = _Owners()
-    try:
-        driver = driver or get_driver()
-        managed = driver.list_managed()
-    except Exception as exc:  # an unreachable engine: report what can be checked
-        report.errors.append(f"workloads not checked: {exc.__class__.__name__}: {exc}")
-        driver, managed = None, {"replicas": [], "networks": []}
-
-    for kind, items in (("container", managed["replicas"]), ("network", managed["networks"])):
-        for item in items:
-            parsed = parse_key(item.name, replica=kind == "container")
-            if parsed is None:
-                continue
-            key, tenant_id, slug = parsed
-            if not _labels_agree(item.labels or {}, key, tenant_id):
-                continue
-            why = _reason(owners.tenant(tenant_id), kind, item.name, slug=slug)
-            if why:
-                report.findings.append(
-                    Finding("orphan", kind, item.name, tenant_id, owners.label(tenant_id), why, key)
-                )
+    if driver is not None:
+        drivers = [driver]
+    else:
+        try:
+            drivers = [get_driver(name) for name in drivers_in_use()]
+        except Exception as exc:
+            report.errors.append(f"workloads not checked: {exc.__class__.__name__}: {exc}")
+            drivers = []
+    for each in drivers:
+        name = getattr(each, "name", "")
+        try:
+            managed = each.list_managed()
+        except Exception as exc:  # an unreachable engine: report what can be checked
+            report.errors.append(
+                f"{name or 'driver'} workloads not checked: {exc.__class__.__name__}: {exc}"
+            )
+            continue
+        for kind, items in (("container", managed["replicas"]), ("network", managed["networks"])):
+            for item in items:
+                parsed = parse_key(item.name, replica=kind == "container")
+                if parsed is None:
+                    continue
+                key, tenant_id, slug = parsed
+                if not _labels_agree(item.labels or {}, key, tenant_id):
+                    continue
+                why = _reason(owners.tenant(tenant_id), kind, item.name, slug=slug)
+                if why:
+                    report.findings.append(
+                        Finding(
+                            "orphan",
+                            kind,
+                            item.name,
+                            tenant_id,
+                            owners.label(tenant_id),
+                            why,
+                            key,
+                            driver=name,
+                        )
+                    )
 
     for name, tenant_id in sorted(managed_schemas().items()):
         why = _reason(owners.tenant(tenant_id), "schema", name)
@@ -266,51 +296,45 @@ def _missing(driver, report: Report) -> list[Finding]:
     routes = {r.tenant_id: r for r in Route.objects.filter(tenant__in=tenants)}
     for tenant in tenants:
         who = f"{tenant.slug} (#{tenant.pk})"
-        suggestion = (
+        # Replicas, the network and the route are kept in place by the repair
+        # loop; advising to decommission a working tenant for them would be wrong.
+        repair = (
+            f"`manage.py repair_tenant {tenant.slug}` brings it back now "
+            "(the repair loop does within 30 s)"
+        )
+        rebuild = (
             f"see `manage.py tenant_status {tenant.slug}`; to rebuild it, "
             f"`manage.py decommission_tenant {tenant.slug}` and provision it again"
         )
 
-        def missing(kind, name, why, tenant=tenant, who=who, suggestion=suggestion):
+        def missing(kind, name, why, suggestion=repair, tenant=tenant, who=who):
             findings.append(Finding("missing", kind, name, tenant.pk, who, why, "", suggestion))
 
-        if driver is not None and _recorded_driver(tenant) in ("", driver.name):
-            try:
-                replicas = {r.index: r for r in driver.list_replicas(tenant.key)}
-                has_network = driver.find_network(tenant.key) is not None
-            except Exception as exc:
-                report.errors.append(f"workloads of {who} not checked: {exc}")
-            else:
-                count = tenant.plan.replicas
-                for index in range(1, count + 1):
-                    name = replica_name(tenant.key, index)
-                    replica = replicas.get(index)
-                    if replica is None:
-                        missing("container", name, f"replica {index} of {count} is gone")
-                    elif replica.state != "running":
-                        missing("container", name, f"replica {index} of {count} is {replica.state}")
-                if not has_network:
-                    missing("network", network_name(tenant.key), "network is gone")
+        try:
+            own = driver if driver is not None else driver_for(tenant)
+            replicas = {r.index: r for r in own.list_replicas(tenant.key)}
+            has_network = own.find_network(tenant.key) is not None
+        except Exception as exc:
+            report.errors.append(f"workloads of {who} not checked: {exc}")
+        else:
+            count = tenant.plan.replicas
+            for index in range(1, count + 1):
+                name = replica_name(tenant.key, index)
+                replica = replicas.get(index)
+                if replica is None:
+                    missing("container", name, f"replica {index} of {count} is gone")
+                elif replica.state != "running":
+                    missing("container", name, f"replica {index} of {count} is {replica.state}")
+            if not has_network:
+                missing("network", network_name(tenant.key), "network is gone")
         if not schema_exists(tenant.schema_name):
-            missing("schema", tenant.schema_name, "schema is gone")
+            missing("schema", tenant.schema_name, "schema is gone", rebuild)
         route = routes.get(tenant.pk)
         if route is None:
             missing("route", tenant.hostname, "route is gone")
         elif not route.enabled:
             missing("route", route.hostname, "route is switched off")
     return findings
-
-
-def _recorded_driver(tenant: Tenant) -> str:
-    """The driver that deployed the tenant's workloads ("" when not recorded)."""
-    step = (
-        StepRun.objects.filter(
-            run__tenant=tenant, step_id="deploy_workloads", status=StepRun.Status.SUCCEEDED
-        )
-        .order_by("-run__created_at", "-run_id")
-        .first()
-    )
-    return (step.outputs or {}).get("driver", "") if step else ""
 
 
 # Fixing
@@ -362,15 +386,16 @@ def still_orphan(tenant: Tenant | None, finding: Finding) -> bool:
 
 def _remove(finding: Finding, driver, gone: dict[str, set[str]]) -> bool:
     """Remove one orphan; False when it was already gone."""
+    if finding.kind in ("container", "network") and driver is None:
+        driver = get_driver(finding.driver or None)
     if finding.kind == "container":
-        driver = driver or get_driver()
         if finding.key not in gone:
             # Every replica of one key has the same owner, so all are orphans.
             gone[finding.key] = {r.name for r in driver.list_replicas(finding.key)}
             driver.remove_replicas(finding.key)
         return finding.name in gone[finding.key]
     if finding.kind == "network":
-        return (driver or get_driver()).remove_network(finding.key)
+        return driver.remove_network(finding.key)
     if finding.kind == "schema":
         return drop_schema(finding.name)
     if finding.kind == "route":

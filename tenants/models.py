@@ -67,6 +67,10 @@ class Tenant(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     activated_at = models.DateTimeField(null=True, blank=True)
     decommissioned_at = models.DateTimeField(null=True, blank=True)
+    # The workload driver ("docker", "process", ...) that holds this tenant's
+    # network and replicas, recorded when its first run first needed one
+    # (provisioning.drivers.driver_for); everything later uses that one.
+    workload_driver = models.CharField(max_length=20, blank=True, default="")
 
     objects = TenantQuerySet.as_manager()
 

@@ -109,7 +109,8 @@ def test_reconcile_reports_fixes_and_then_reports_nothing_new(settings, docker, 
     assert by_id[f"orphan:schema:{GHOST_SCHEMA}"].tenant_id == GHOST_ID
     missing = by_id[f"missing:container:{mine}"]
     assert missing.tenant_id == tenant.pk and "replica 1 of 1 is gone" in missing.why
-    assert f"decommission_tenant {tenant.slug}" in missing.suggestion
+    assert f"repair_tenant {tenant.slug}" in missing.suggestion
+    assert "decommission" not in missing.suggestion
 
     # The command lists all three, as new, and changes nothing.
     text = run_command()

@@ -1,7 +1,16 @@
 """Workload drivers: Docker Engine when one answers, local processes otherwise.
 
-    from provisioning.drivers import get_driver
-    driver = get_driver()          # settings.WORKLOAD_DRIVER: auto | docker | process
+    from provisioning.drivers import driver_for, get_driver
+    driver = driver_for(tenant)    # the driver that holds this tenant's workloads
+    driver = get_driver("docker")  # one by name; get_driver() reads WORKLOAD_DRIVER
+
+A tenant's workloads live where they were made, so everything that touches
+them (its steps, their undo, decommission, repair, reconcile) goes through
+``driver_for(tenant)``: the driver recorded on the tenant
+(``Tenant.workload_driver``), chosen when its first run first needed one.
+``WORKLOAD_DRIVER=auto`` chooses then, by asking the engine, not once per
+process: a worker that started while dockerd was down must not send a Docker
+tenant's decommission to the process driver.
 
 Django and the driver modules are imported lazily: ``workload_server`` lives in
 this package and is started as ``python -m``, which runs this file first, and a
@@ -29,19 +38,32 @@ _lock = threading.Lock()
 # Keyed by pid: a forked worker must not reuse its parent's docker client
 # (a shared connection pool across fork mixes up responses).
 _drivers: dict[tuple[int, str], object] = {}
-_auto_choice: dict[int, str] = {}
+
+
+def configured() -> str:
+    """settings.WORKLOAD_DRIVER: a driver's name, or "auto"."""
+    from django.conf import settings
+
+    return getattr(settings, "WORKLOAD_DRIVER", "auto") or "auto"
+
+
+def choose(name: str | None = None) -> str:
+    """A driver's name for work starting now: ``name`` (default: the setting);
+    "auto" is "docker" when the engine answers now, else "process"."""
+    name = name or configured()
+    if name not in DRIVER_NAMES:
+        raise ValueError(f"unknown workload driver {name!r}; expected one of {DRIVER_NAMES}")
+    if name != "auto":
+        return name
+    ok, reason = docker_answers()
+    if not ok:
+        logger.warning("no Docker Engine answered (%s); choosing the process driver", reason)
+    return "docker" if ok else "process"
 
 
 def get_driver(name: str | None = None):
-    """The driver named, or ``settings.WORKLOAD_DRIVER``; one instance per process."""
-    if name is None:
-        from django.conf import settings
-
-        name = getattr(settings, "WORKLOAD_DRIVER", "auto") or "auto"
-    if name not in DRIVER_NAMES:
-        raise ValueError(f"unknown workload driver {name!r}; expected one of {DRIVER_NAMES}")
-    if name == "auto":
-        name = _resolve_auto()
+    """The driver named (see ``choose``); one instance per name per process."""
+    name = choose(name)
     key = (os.getpid(), name)
     with _lock:
         driver = _drivers.get(key)
@@ -50,11 +72,39 @@ def get_driver(name: str | None = None):
         return driver
 
 
+def driver_for(tenant):
+    """The driver that holds ``tenant``'s workloads: the one recorded on it.
+
+    A tenant with none recorded (its first run has not touched workloads
+    yet) gets one chosen now, recorded with a conditional UPDATE so that two
+    workers choosing at once agree on the first choice.
+    """
+    if not tenant.workload_driver:
+        from tenants.models import Tenant
+
+        Tenant.objects.filter(pk=tenant.pk, workload_driver="").update(workload_driver=choose())
+        tenant.workload_driver = (
+            Tenant.objects.filter(pk=tenant.pk).values_list("workload_driver", flat=True).get()
+        )
+    return get_driver(tenant.workload_driver)
+
+
+def drivers_in_use() -> list[str]:
+    """Every driver that may hold this installation's workloads: those recorded
+    on tenants, and the one new tenants would get now (reconcile lists them all)."""
+    from tenants.models import Tenant
+
+    names = set(
+        Tenant.objects.exclude(workload_driver="").values_list("workload_driver", flat=True)
+    )
+    names.add(choose())
+    return sorted(n for n in names if n in DRIVER_NAMES)
+
+
 def clear_cache() -> None:
-    """Forget cached drivers and the "auto" choice (tests, or after dockerd restarts)."""
+    """Forget cached drivers (tests)."""
     with _lock:
         _drivers.clear()
-        _auto_choice.clear()
 
 
 def docker_answers(timeout: float = AUTO_PING_TIMEOUT) -> tuple[bool, str]:
@@ -70,20 +120,6 @@ def docker_answers(timeout: float = AUTO_PING_TIMEOUT) -> tuple[bool, str]:
     except Exception as exc:  # any failure means "not usable", with the reason
         return False, f"{exc.__class__.__name__}: {exc}"
     return True, "ok"
-
-
-def _resolve_auto() -> str:
-    pid = os.getpid()
-    with _lock:
-        choice = _auto_choice.get(pid)
-    if choice is None:
-        ok, reason = docker_answers()
-        choice = "docker" if ok else "process"
-        if not ok:
-            logger.warning("no Docker Engine answered (%s); using the process driver", reason)
-        with _lock:
-            _auto_choice[pid] = choice
-    return choice
 
 
 def _make(name: str):

@@ -98,5 +98,8 @@ class WorkloadDriver(Protocol):
     def remove_replicas(self, key: str) -> int:
         """Remove every replica of ``key``; return how many were removed."""
 
+    def remove_replica(self, key: str, index: int) -> bool:
+        """Remove replica ``index`` of ``key`` (to replace it); False when it was gone."""
+
     def list_managed(self) -> dict:
         """Everything labelled as the platform's: {"replicas": [...], "networks": [...]}."""

@@ -40,6 +40,7 @@ CONTAINER_PORT = "8080/tcp"
 CLIENT_TIMEOUT = 30  # seconds per API call
 MAX_PARALLEL = 4  # replicas created at once by one ensure_replicas call
 CONFLICT_LOOKUP_TIMEOUT = 5.0  # seconds to wait for a name another worker is creating
+RESTART_POLICY = "unless-stopped"
 
 # A tenant's workload is not trusted, so its replicas run with least privilege:
 # "nobody" (numeric, since a scratch image has no /etc/passwd), no capabilities,
@@ -336,7 +337,10 @@ class DockerDriver:
                 "network": network,
                 # The engine picks a free host port; we read it back after start.
                 "ports": {CONTAINER_PORT: ("127.0.0.1", None)},
-                "restart_policy": {"Name": "no"},
+                # The engine starts it again after a crash or its own restart;
+                # only a deliberate `docker stop` keeps it down (repair restarts
+                # that one: provisioning.repair).
+                "restart_policy": {"Name": RESTART_POLICY},
                 "detach": True,
             }
             container, created = self._create(spec)
@@ -414,6 +418,21 @@ class DockerDriver:
                     raise
             removed += 1
         return removed
+
+    def remove_replica(self, key: str, index: int) -> bool:
+        container = self._get_container(replica_name(key, index))
+        if container is None:
+            return False
+        with _docker_errors():
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and "already in progress" in str(exc):
+                    return True
+                raise
+        return True
 
     def list_managed(self) -> dict:
         label = f"{LABEL_MANAGED}=true"

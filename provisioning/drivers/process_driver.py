@@ -273,12 +273,23 @@ class ProcessDriver:
         removed = 0
         with self._lock(key):
             for data in self._records(key):
-                name = data["name"]
-                _stop(data["pid"], name)
-                for suffix in (".replica.json", ".port", ".log"):
-                    (self.directory / f"{name}{suffix}").unlink(missing_ok=True)
+                self._remove(data)
                 removed += 1
         return removed
+
+    def remove_replica(self, key: str, index: int) -> bool:
+        with self._lock(key):
+            data = _read_json(self._state_path(replica_name(key, index)))
+            if not data:
+                return False
+            self._remove(data)
+            return True
+
+    def _remove(self, data: dict) -> None:
+        name = data["name"]
+        _stop(data["pid"], name)
+        for suffix in (".replica.json", ".port", ".log"):
+            (self.directory / f"{name}{suffix}").unlink(missing_ok=True)
 
     def list_managed(self) -> dict:
         networks = []

@@ -16,7 +16,9 @@ than ``TENANT_MAX_BODY_BYTES`` is answered 413.
 
 A replica that refuses connections sits out for a few seconds (``health``)
 and the request moves to the next replica; the route is re-read once on such
-a failure, since a restarted container comes back on another port.
+a failure, since a restarted container comes back on another port; when
+the route has not moved, the replicas' current ports are looked up on their
+driver (``repair.follow_ports``, at most every 2 s per tenant).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import weakref
 from urllib.parse import quote
 
 import httpx
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils.crypto import constant_time_compare, salted_hmac
 
+from provisioning.repair import follow_ports
 from provisioning.traffic import health, routing
 from provisioning.traffic.export import BACKEND_RE
 from provisioning.traffic.pages import send_page
@@ -68,6 +72,11 @@ VERIFY_WINDOW = 120
 # "<unix seconds>:<hex hmac>". Anything else is simply not a token: the header
 # comes from the internet, and str.isdigit() accepts "²", which int() refuses.
 VERIFY_TOKEN_RE = re.compile(r"(?P<stamp>[0-9]{1,12}):[0-9a-f]{1,128}")
+
+# When every replica of a tenant refuses, the route is checked against the
+# replicas' current ports (repair.follow_ports), at most this often per tenant.
+FOLLOW_SECONDS = 2.0
+_followed: dict[int, float] = {}
 
 
 def verify_token(hostname: str, now: float | None = None) -> str:
@@ -366,10 +375,31 @@ async def serve_tenant(label: str, host: str, scope, receive, send) -> None:
 
     async def reload() -> tuple[str, ...]:
         fresh = await routing.resolve(label, fresh=True)
+        # Nobody has moved the route yet: the replicas may answer on new ports
+        # (an engine restart). Ask their driver rather than wait for the
+        # repair loop's next pass.
+        stale = fresh.serving and fresh.backends == res.backends
+        if stale and _may_follow(res.tenant_id):
+            moved = await database_sync_to_async(follow_ports)(res.tenant_id)
+            fresh = await routing.resolve(label, fresh=True) if moved else fresh
         return fresh.backends if (fresh.serving or verifying) else ()
 
     await forward(f"tenant-{res.tenant_id}", res.backends, scope, receive, send,
                   host=host, target=target, length=length, reload=reload)  # fmt: skip
+
+
+def _may_follow(tenant_id: int | None) -> bool:
+    """At most one port lookup per tenant per FOLLOW_SECONDS in this process: a tenant
+    whose replicas are all down costs one driver call per interval, not one per request."""
+    if tenant_id is None:
+        return False
+    now = time.monotonic()
+    if now - _followed.get(tenant_id, -FOLLOW_SECONDS) < FOLLOW_SECONDS:
+        return False
+    if len(_followed) > 10_000:
+        _followed.clear()
+    _followed[tenant_id] = now
+    return True
 
 
 class TenantTrafficRouter:
