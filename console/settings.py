@@ -5,6 +5,7 @@ A bad value stops start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -232,6 +233,16 @@ WORKLOAD_IMAGE = os.environ.get("WORKLOAD_IMAGE", DEFAULT_WORKLOAD_IMAGE)
 # engine's default pools run out after about 30 networks).
 WORKLOAD_SUBNET_POOL = os.environ.get("WORKLOAD_SUBNET_POOL", "10.213.0.0/16")
 WORKLOAD_SUBNET_PREFIX = envint("WORKLOAD_SUBNET_PREFIX", "27")
+# The address the engine publishes replicas' ports on, where the proxy (or the
+# edge) reaches them: loopback when they share a host, else an address of the
+# engine's host that they can reach.
+WORKLOAD_PUBLISH_HOST = os.environ.get("WORKLOAD_PUBLISH_HOST", "127.0.0.1")
+try:
+    ipaddress.ip_address(WORKLOAD_PUBLISH_HOST)
+except ValueError:
+    raise ImproperlyConfigured(
+        f"WORKLOAD_PUBLISH_HOST must be an IP address, not {WORKLOAD_PUBLISH_HOST!r}"
+    ) from None
 # How long a step (or its undo) keeps retrying while the Docker Engine is
 # unreachable or restarting (errors.EngineOutage), instead of its attempts:
 # a restart of dockerd takes seconds to a minute, far past a step's backoff.

@@ -50,6 +50,7 @@ def test_production_mode_refuses_to_start_without_a_real_secret_key():
             {"WORKLOAD_ENGINE_OUTAGE_SECONDS": "2m"},
             "WORKLOAD_ENGINE_OUTAGE_SECONDS must be a number",
         ),
+        ({"WORKLOAD_PUBLISH_HOST": "localhost"}, "WORKLOAD_PUBLISH_HOST must be an IP address"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(env, message):

@@ -336,7 +336,7 @@ class DockerDriver:
                 **confined,
                 "network": network,
                 # The engine picks a free host port; we read it back after start.
-                "ports": {CONTAINER_PORT: ("127.0.0.1", None)},
+                "ports": {CONTAINER_PORT: (publish_host(), None)},
                 # The engine starts it again after a crash or its own restart;
                 # only a deliberate `docker stop` keeps it down (repair restarts
                 # that one: provisioning.repair).
@@ -443,6 +443,13 @@ class DockerDriver:
             "replicas": replicas,
             "networks": sorted((_network(n) for n in networks), key=lambda n: n.name),
         }
+
+
+def publish_host() -> str:
+    """The host address replicas publish on (WORKLOAD_PUBLISH_HOST, default 127.0.0.1)."""
+    from django.conf import settings
+
+    return settings.WORKLOAD_PUBLISH_HOST
 
 
 def confinement(memory_mb: int, pids_limit: int) -> dict:
