@@ -18,7 +18,14 @@ from provisioning import stall
 from provisioning.context import VerifyContext
 from provisioning.expectations import expectation
 from provisioning.models import AuditEvent, ProvisioningRun, Route, StepRun, WelcomeEmail
-from provisioning.status import ACTIVE_STEP, current_step, iso, step_json, stopped_step
+from provisioning.status import (
+    ACTIVE_STEP,
+    current_step,
+    iso,
+    step_json,
+    stopped_step,
+    workloads_json,
+)
 from provisioning.steps import BY_ID, CREATING_STEP_IDS, label_of
 from tenants.models import Tenant
 
@@ -274,9 +281,20 @@ def bundle(tenant: Tenant) -> dict:
         "operator_actions": actions,
         "tried": tried,
         "resources": _resources(tenant, runs, steps_by_run),
+        "workloads": workloads_json(tenant),
+        "repairs": _repairs(tenant),
         "same_slug": same_slug(tenant),
         "events": events,
     }
+
+
+def _repairs(tenant: Tenant, limit: int = 20) -> list[dict]:
+    """The repair loop's latest repairs of the tenant, newest first."""
+    events = AuditEvent.objects.filter(tenant=tenant, type="tenant.workload.repaired")
+    return [
+        {"at": iso(e.created_at), "actor": e.actor, **(e.details or {})}
+        for e in events.order_by("-seq")[:limit]
+    ]
 
 
 def as_json(data: dict) -> str:
@@ -358,6 +376,19 @@ def as_text(data: dict) -> str:
         created = ", ".join(f"{k}={v}" for k, v in r["created"].items())
         out.append(f"  {r['label']}: {state}" + (f" ({r['note']})" if r["note"] else ""))
         out.append(f"    {created}")
+    work = data["workloads"]
+    out += ["", f"Workloads (driver {work['driver'] or 'not chosen yet'}):"]
+    if work["checked_at"] is None:
+        out.append("  not checked by the repair loop yet")
+    else:
+        degraded = "  DEGRADED" if work["degraded"] else ""
+        out.append(
+            f"  {work['healthy']}/{work['expected']} healthy at {work['checked_at']}{degraded}"
+            + (f"  ({work['error']})" if work["error"] else "")
+        )
+        out.extend(f"    {r['name']}: {r['state']}, {r['answer']}" for r in work["replicas"])
+    for r in data["repairs"]:
+        out.append(f"  repaired {r['at']}: {r.get('what')} ({r.get('why')})")
     out += ["", "Same slug, other tenants:"]
     if not data["same_slug"]:
         out.append("  none")

@@ -29,6 +29,7 @@ changes nothing: the engine starts the replicas itself when it comes back
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -405,6 +406,22 @@ def _store(tenant: Tenant, outcome: Outcome, observed: list[dict] | None) -> Non
 def _chips(replicas: list[dict]) -> list[tuple]:
     """What the pages show of each replica (not the counters that change every pass)."""
     return [(r.get("name"), r.get("state"), r.get("healthy")) for r in replicas or []]
+
+
+@contextlib.contextmanager
+def excluding_repairs(tenant: Tenant):
+    """Wait for a repair pass of ``tenant`` to end and keep others out meanwhile.
+
+    Removing a tenant's replicas (undo, decommission) holds this, so a pass
+    that began while the tenant was active cannot recreate a replica just
+    removed; a pass after it sees the tenant is no longer active.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s, %s)", [REPAIR_LOCK, tenant.pk])
+    try:
+        yield
+    finally:
+        _unlock(tenant.pk)
 
 
 def _try_lock(tenant_id: int) -> bool:

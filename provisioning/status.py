@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from provisioning.models import ProvisioningRun, StepRun, latest_run
+from provisioning.models import ProvisioningRun, StepRun, WorkloadHealth, latest_run
 from provisioning.steps import STEPS
 from tenants.models import Tenant
 
@@ -85,6 +85,27 @@ def step_json(step: StepRun) -> dict:
     }
 
 
+def workloads_json(tenant: Tenant) -> dict:
+    """The tenant's driver and what the repair loop last saw of its replicas."""
+    health = WorkloadHealth.objects.filter(tenant=tenant).first()
+    data = {"driver": tenant.workload_driver or None, "checked_at": None}
+    if health is None:
+        return data
+    return {
+        **data,
+        "checked_at": iso(health.checked_at),
+        "expected": health.expected,
+        "healthy": health.healthy,
+        "degraded": health.degraded,
+        "degraded_since": iso(health.degraded_since),
+        "error": health.error or None,
+        "replicas": [
+            {k: r.get(k) for k in ("name", "state", "healthy", "failures", "answer")}
+            for r in health.replicas
+        ],
+    }
+
+
 def tenant_status(tenant: Tenant) -> dict:
     run = latest_run(tenant)
     steps = list(run.steps.order_by("position")) if run else []
@@ -108,4 +129,5 @@ def tenant_status(tenant: Tenant) -> dict:
         "activated_at": iso(tenant.activated_at),
         "waiting": run_wait(run),
         "steps": [step_json(step) for step in steps],
+        "workloads": workloads_json(tenant),
     }

@@ -118,7 +118,7 @@ def test_tenant_status_json_has_the_contract_fields(plans, capsys):
     status = json.loads(capsys.readouterr().out)
     assert set(status) == {
         "slug", "org", "plan", "state", "url", "attempt", "current_step", "failed_step",
-        "error", "cancelled", "created_at", "activated_at", "waiting", "steps",
+        "error", "cancelled", "created_at", "activated_at", "waiting", "steps", "workloads",
     }  # fmt: skip
     assert status["url"] == "http://acme-demo.localhost:8000/"
     assert set(status["steps"][0]) == {

@@ -17,10 +17,11 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from provisioning import actions, reconcile, repair
+from provisioning import actions, diagnostics, reconcile, repair
 from provisioning.drivers import driver_for, get_driver
 from provisioning.drivers.process_driver import ProcessDriver
 from provisioning.models import AuditEvent, Route, WorkloadHealth
+from provisioning.status import tenant_status
 from provisioning.steps.storage import drop_schema
 from tenants.models import Tenant
 from tests.browser_support import served_console
@@ -113,6 +114,16 @@ def test_a_dead_replica_is_restarted_and_the_route_follows_its_new_port(active):
     )
     health = WorkloadHealth.objects.get(tenant=active)
     assert (health.healthy, health.expected, health.degraded_since) == (2, 2, None)
+    # tenant_status --json and the diagnostics bundle say the same.
+    work = tenant_status(active)["workloads"]
+    assert (work["driver"], work["healthy"], work["expected"], work["degraded"]) == (
+        "process",
+        2,
+        2,
+        False,
+    )
+    text = diagnostics.as_text(diagnostics.bundle(active))
+    assert "Workloads (driver process):" in text and f"tpc-{active.key}-r2 restarted" in text
 
 
 def test_a_missing_replica_is_recreated(active):

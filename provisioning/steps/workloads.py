@@ -1,5 +1,6 @@
 from provisioning.drivers.base import LABEL_RUN, LABEL_TENANT
 from provisioning.models import Route
+from provisioning.repair import excluding_repairs
 from provisioning.steps.base import Step
 
 
@@ -36,7 +37,8 @@ class DeployWorkloads(Step):
         }
 
     def compensate(self, ctx) -> None:
-        removed = ctx.driver.remove_replicas(ctx.tenant.key)
+        with excluding_repairs(ctx.tenant):
+            removed = ctx.driver.remove_replicas(ctx.tenant.key)
         Route.objects.filter(tenant=ctx.tenant).update(backends=[])
         ctx.log(f"removed {removed} replica(s)" if removed else "replicas already gone")
 
