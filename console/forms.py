@@ -141,6 +141,16 @@ class RetryForm(ActionForm):
     force = forms.BooleanField(required=False)
 
 
+class RepairForm(ActionForm):
+    """Repair is confirmed with a reason: it acts on a serving tenant."""
+
+    reason = forms.CharField(
+        max_length=REASON_MAX,
+        strip=True,
+        error_messages={"required": "Say why you repair this tenant; nothing was changed."},
+    )
+
+
 class DecommissionForm(ActionForm):
     confirm_slug = forms.CharField(required=False, max_length=60, strip=True)
 

@@ -31,6 +31,7 @@ urlpatterns = [
     ),
     path("tenants/<str:slug>/cancel/", tenants.tenant_cancel, name="tenant-cancel"),
     path("tenants/<str:slug>/retry/", tenants.tenant_retry, name="tenant-retry"),
+    path("tenants/<str:slug>/repair/", tenants.tenant_repair, name="tenant-repair"),
     path("tenants/<str:slug>/reset/", tenants.tenant_reset, name="tenant-reset"),
     path(
         "tenants/<str:slug>/decommission/", tenants.tenant_decommission, name="tenant-decommission"

@@ -350,6 +350,7 @@ def allowed_actions(tenant: Tenant) -> dict[str, tuple[bool, str]]:
         "cancel": cancel_refusal(tenant, run),
         "retry": retry_refusal(tenant, run, failures=0, force=True),
         "reset": reset_refusal(tenant, provision),
+        "repair": repair_refusal(tenant),
         "decommission": decommission_refusal(tenant, run),
     }
     return {name: (r is None, str(r) if r else "") for name, r in refusals.items()}

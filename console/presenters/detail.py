@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from console.presenters.events import event_row
+from console.presenters.health import health_view
 from console.presenters.runs import (
     Kind,
     RunStatus,
@@ -28,7 +29,7 @@ from console.presenters.runs import (
 from provisioning import actions
 from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
-from provisioning.models import AuditEvent, StepRun, latest_run
+from provisioning.models import AuditEvent, StepRun, WorkloadHealth, latest_run
 from provisioning.status import ACTIVE_STEP, iso
 from provisioning.steps import BY_ID, CREATING_STEP_IDS, TOTAL, label_of
 from tenants.models import Tenant
@@ -91,7 +92,9 @@ class StepRow:
     runbook: str = ""
 
 
-def step_rows(snap: Snapshot) -> list[StepRow]:
+def step_rows(snap: Snapshot, health: dict | None = None) -> list[StepRow]:
+    """The timeline. ``health`` (an active tenant's): its replicas' chips replace
+    the readiness step's, which only said how they stood when it ran."""
     tenant, run, steps, stopped = snap.tenant, snap.run, snap.steps, snap.stopped
     rows = []
     failing = stopped.step_id if stopped else ""
@@ -157,15 +160,19 @@ def step_rows(snap: Snapshot) -> list[StepRow]:
                     if parked and step.status == S.RUNNING
                     else None
                 ),
-                replicas=[
-                    {
-                        "name": r.get("name", "?"),
-                        "state": r.get("state", "unknown"),
-                        "css": REPLICA_STATES.get(r.get("state", ""), "muted"),
-                    }
-                    for r in progress.get("replicas") or []
-                    if isinstance(r, dict)
-                ],
+                replicas=(
+                    health["replicas"]
+                    if health and step.step_id == "wait_ready"
+                    else [
+                        {
+                            "name": r.get("name", "?"),
+                            "state": r.get("state", "unknown"),
+                            "css": REPLICA_STATES.get(r.get("state", ""), "muted"),
+                        }
+                        for r in progress.get("replicas") or []
+                        if isinstance(r, dict)
+                    ]
+                ),
                 log_lines=lines[hidden:],
                 log_hidden=hidden,
                 open_log=step.status == S.FAILED or (was_failing and not cancelled),
@@ -277,11 +284,11 @@ def error_view(snap: Snapshot) -> dict | None:
 
 # ---------------------------------------------------------------- actions
 
-ACTION_ORDER = ("cancel", "retry", "reset", "decommission")
+ACTION_ORDER = ("cancel", "retry", "reset", "repair", "decommission")
 RELEVANT = {
     Tenant.State.PROVISIONING: ("cancel", "reset", "decommission"),
     Tenant.State.FAILED: ("retry", "reset", "decommission"),
-    Tenant.State.ACTIVE: ("decommission",),
+    Tenant.State.ACTIVE: ("repair", "decommission"),
     Tenant.State.DECOMMISSIONING: ("decommission",),
     Tenant.State.DECOMMISSIONED: (),
 }
@@ -303,6 +310,12 @@ ACTION_TEXT = {
         "Reset",
         "Clears the last attempt (and ends it, if its worker died) so that the next retry "
         "starts from the first step.",
+    ),
+    "repair": (
+        "Repair",
+        "Brings the tenant to its plan now, as the repair loop does every 30 s: recreates "
+        "missing replicas, starts stopped ones, replaces unhealthy ones and points the "
+        "route at them. Each repair is recorded with your reason.",
     ),
     "decommission": (
         "Decommission",
@@ -332,6 +345,7 @@ def actions_view(tenant: Tenant, role: str) -> dict:
                 "url": reverse(f"tenant-{name}", args=[tenant.slug]),
                 "danger": name in ("cancel", "decommission"),
                 "needs_force": force and name == "retry",
+                "needs_reason": name == "repair",
                 "failures": actions.failed_attempts(tenant) if force and name == "retry" else 0,
             }
         )
@@ -347,14 +361,16 @@ def detail_context(tenant: Tenant, role: str) -> dict:
         event_row(e)
         for e in tenant.events.select_related("tenant").order_by("-seq")[:EVENTS_ON_DETAIL]
     ]
+    health = health_view(tenant, WorkloadHealth.objects.filter(tenant=tenant).first())
     return {
         "tenant": tenant,
         "role": role,
+        "health": health,
         "run": run,
         "is_decommission": bool(run and run.kind == Kind.DECOMMISSION),
         "summary": step_summary(snap),
         "progress": progress_view(snap),
-        "steps": step_rows(snap),
+        "steps": step_rows(snap, health),
         "activated": tenant.state == Tenant.State.ACTIVE and tenant.activated_at is not None,
         # Only the latest run's failure: once a retry or a decommission
         # follows, the earlier error is history (the events keep it).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Q
 
+from console.presenters.health import health_of
 from console.presenters.runs import Snapshot, progress_view, step_summary
 from provisioning.failures import recent_failures
 from provisioning.models import ProvisioningRun, StepRun
@@ -21,7 +22,8 @@ def banner_context(user) -> dict:
 
 
 def tenant_rows(*, state: str = "", q: str = "") -> dict:
-    """The tenants list: at most LIST_LIMIT rows, each with its current step, in 3 queries."""
+    """The tenants list: at most LIST_LIMIT rows, each with its current step and
+    workload health, in 4 queries."""
     tenants = Tenant.objects.select_related("plan", "created_by")
     if state == ALL:
         pass
@@ -43,6 +45,7 @@ def tenant_rows(*, state: str = "", q: str = "") -> dict:
     steps: dict[int, list[StepRun]] = {}
     for step in StepRun.objects.filter(run__in=runs.values()).order_by("run_id", "position"):
         steps.setdefault(step.run_id, []).append(step)
+    health = health_of(tenants)
     rows = []
     for tenant in tenants:
         run = runs.get(tenant.pk)
@@ -52,6 +55,7 @@ def tenant_rows(*, state: str = "", q: str = "") -> dict:
                 "tenant": tenant,
                 "summary": step_summary(snap),
                 "progress": progress_view(snap),
+                "health": health[tenant.pk],
             }
         )
     return {"rows": rows, "total": total, "shown": len(rows), "state": state, "q": q}

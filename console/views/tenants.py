@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console import fragments
-from console.forms import ActionForm, DecommissionForm, RetryForm, TenantForm
+from console.forms import ActionForm, DecommissionForm, RepairForm, RetryForm, TenantForm
 from console.presenters.detail import detail_context
 from console.presenters.tenant_list import banner_context, tenant_rows
 from provisioning import actions, diagnostics, dryrun
@@ -185,6 +185,20 @@ def tenant_decommission(request: HttpRequest, slug: str) -> HttpResponse:
             tenant, user=request.user, reason=data["reason"]
         ),
         "Decommissioning {slug}: its resources are being removed.",
+    )
+
+
+@login_required
+@require_POST
+def tenant_repair(request: HttpRequest, slug: str) -> HttpResponse:
+    return _act(
+        request,
+        slug,
+        RepairForm,
+        lambda tenant, data: actions.repair_tenant(
+            tenant, user=request.user, reason=data["reason"], source="operator"
+        ),
+        "{slug} is repaired: see its events for what was done.",
     )
 
 
