@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -413,3 +414,29 @@ def test_probe_reports_why_a_replica_is_not_ready():
     # The server's port is closed now: nothing listens there.
     assert probe(replica_at(server.server_address[1])) == (False, "connection refused")
     assert probe(replica_at(0)) == (False, "no published port")
+
+
+@pytest.mark.docker
+def test_a_replica_keeps_its_port_across_a_restart_and_a_taken_port_is_not_reused(
+    docker_driver,  # noqa: F811 (the fixture imported above)
+    docker_key,
+    monkeypatch,
+):
+    from provisioning.drivers import docker_driver as module
+
+    # The first port picked is taken by something else on the host: the
+    # engine refuses it, and the replica comes up on the next pick.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken, taken + 1 if taken + 1 < 65536 else taken - 1])
+        monkeypatch.setattr(module, "pick_port", lambda: next(picks))
+        (replica,) = ensure(docker_driver, docker_key, 1)
+    assert replica.port != taken and replica.state == "running"
+    assert len(key_containers(docker_driver, docker_key)) == 1  # the refused one is gone
+    container = key_containers(docker_driver, docker_key)[0]
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    # A restart (as the engine does after its own) brings it back on the same port.
+    container.restart(timeout=0)
+    assert docker_driver.list_replicas(docker_key)[0].port == replica.port

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import random
 import tarfile
 import threading
 import time
@@ -41,6 +42,15 @@ CLIENT_TIMEOUT = 30  # seconds per API call
 MAX_PARALLEL = 4  # replicas created at once by one ensure_replicas call
 CONFLICT_LOOKUP_TIMEOUT = 5.0  # seconds to wait for a name another worker is creating
 RESTART_POLICY = "unless-stopped"
+# Each replica publishes on a host port picked at random from this range and
+# kept across restarts. A port the engine picks itself is handed out again
+# when the engine restarts, often to another container: a route naming it
+# would then send one tenant's traffic to another tenant's replica until it
+# is updated. The range lies below Linux's ephemeral ports (32768-60999),
+# which the engine's own picks and outgoing connections use; a port that is
+# taken anyway is refused by the engine, and another one is tried.
+PORT_RANGE = (20000, 32768)
+PORT_TRIES = 8
 
 # A tenant's workload is not trusted, so its replicas run with least privilege:
 # "nobody" (numeric, since a scratch image has no /etc/passwd), no capabilities,
@@ -320,39 +330,57 @@ class DockerDriver:
     def _ensure_replica(self, key, index, image, confined, labels, env, network):
         """(replica, log message) for replica ``index``, created or started as needed."""
         name = replica_name(key, index)
-        container = self._get_container(name)
-        created = False
-        if container is None:
-            spec = {
-                "image": image,
-                "name": name,
-                "labels": {
-                    **labels,
-                    LABEL_MANAGED: "true",
-                    LABEL_KEY: key,
-                    LABEL_REPLICA: str(index),
-                },
-                "environment": {**{k: str(v) for k, v in env.items()}, "REPLICA": str(index)},
-                **confined,
-                "network": network,
-                # The engine picks a free host port; we read it back after start.
-                "ports": {CONTAINER_PORT: (publish_host(), None)},
-                # The engine starts it again after a crash or its own restart;
-                # only a deliberate `docker stop` keeps it down (repair restarts
-                # that one: provisioning.repair).
-                "restart_policy": {"Name": RESTART_POLICY},
-                "detach": True,
-            }
-            container, created = self._create(spec)
-        status = container.status
-        with _docker_errors():
-            if status == "paused":
-                container.unpause()
-            elif status != "running":
-                # Starting a container that a racing worker just started is a
-                # 304 from the engine, which the SDK does not treat as an error.
-                container.start()
-            container.reload()  # the published port is known only once it runs
+        taken: StepError | None = None
+        for _ in range(PORT_TRIES):
+            container = self._get_container(name)
+            created = False
+            if container is None:
+                spec = {
+                    "image": image,
+                    "name": name,
+                    "labels": {
+                        **labels,
+                        LABEL_MANAGED: "true",
+                        LABEL_KEY: key,
+                        LABEL_REPLICA: str(index),
+                    },
+                    "environment": {
+                        **{k: str(v) for k, v in env.items()},
+                        "REPLICA": str(index),
+                    },
+                    **confined,
+                    "network": network,
+                    # A host port of its own, kept across restarts (see pick_port).
+                    "ports": {CONTAINER_PORT: (publish_host(), pick_port())},
+                    # The engine starts it again after a crash or its own restart;
+                    # only a deliberate `docker stop` keeps it down (repair restarts
+                    # that one: provisioning.repair).
+                    "restart_policy": {"Name": RESTART_POLICY},
+                    "detach": True,
+                }
+                container, created = self._create(spec)
+            status = container.status
+            try:
+                with _docker_errors():
+                    if status == "paused":
+                        container.unpause()
+                    elif status != "running":
+                        # Starting a container that a racing worker just started is a
+                        # 304 from the engine, which the SDK does not treat as an error.
+                        container.start()
+                    container.reload()  # the published port is known only once it runs
+            except StepError as exc:
+                if exc.category != "port_in_use":
+                    raise
+                # Its port is taken (picked by chance, or by something that
+                # started while the engine was down): a new container on
+                # another port; the caller points the route at it.
+                taken = exc
+                self._remove(container)
+                continue
+            break
+        else:
+            raise taken
         replica = _replica(container)
         if created:
             action = "created"
@@ -364,6 +392,10 @@ class DockerDriver:
             replica,
             f"{action} container {name} ({container.short_id}) on {replica.host}:{replica.port}",
         )
+
+    def _remove(self, container) -> None:
+        with _docker_errors(), contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
 
     def _create(self, spec: dict):
         """Create (not start) a container; (container, whether we created it)."""
@@ -443,6 +475,10 @@ class DockerDriver:
             "replicas": replicas,
             "networks": sorted((_network(n) for n in networks), key=lambda n: n.name),
         }
+
+
+def pick_port() -> int:
+    return random.randrange(*PORT_RANGE)
 
 
 def publish_host() -> str:
