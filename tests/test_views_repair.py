@@ -83,11 +83,20 @@ def post_repair(client, user, slug, **data):
     return client.post(reverse("tenant-repair", args=[slug]), data, follow=True)
 
 
-def test_a_repair_without_a_reason_changes_nothing(client, operator):
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("", "Say why you repair this tenant; nothing was changed."),
+        ("  ", "Say why you repair this tenant; nothing was changed."),
+        ("x" * 10_000, "Ensure this value has at most 500 characters"),
+        ("why\x00", "Null characters are not allowed."),
+    ],
+)
+def test_a_repair_without_a_reason_changes_nothing(client, operator, reason, message):
     tenant = create(operator)
     activate(tenant)
-    response = post_repair(client, operator, tenant.slug, reason="  ")
-    assert "Say why you repair this tenant; nothing was changed." in response.content.decode()
+    response = post_repair(client, operator, tenant.slug, reason=reason)
+    assert message in response.content.decode()
     assert not WorkloadHealth.objects.filter(tenant=tenant).exists()
     assert not AuditEvent.objects.filter(type="tenant.workload.repaired").exists()
 
