@@ -13,7 +13,7 @@ from provisioning import drivers, repair
 from provisioning.models import AuditEvent
 from provisioning.steps.storage import drop_schema
 from tests.conftest import new_tenant, wait_for
-from tests.engine_support import OwnEngine, missing_tools
+from tests.engine_support import own_engine  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 
@@ -26,13 +26,9 @@ WATCH_BADGE = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def engine():
-    if why := missing_tools():
-        pytest.skip(why)
-    engine = OwnEngine.up()
-    yield engine
-    engine.down()
+@pytest.fixture
+def engine(own_engine):  # noqa: F811 (the fixture imported above)
+    return own_engine
 
 
 @pytest.fixture

@@ -24,20 +24,16 @@ from provisioning.steps.storage import drop_schema
 from tenants.models import Tenant
 from tests.browser_support import served_console
 from tests.conftest import new_tenant, wait_for, wait_for_step
-from tests.engine_support import OwnEngine, missing_tools
+from tests.engine_support import own_engine  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 
 _migration = importlib.import_module("provisioning.migrations.0011_workload_health")
 
 
-@pytest.fixture(scope="module")
-def engine():
-    if why := missing_tools():
-        pytest.skip(why)
-    engine = OwnEngine.up()
-    yield engine
-    engine.down()
+@pytest.fixture
+def engine(own_engine):  # noqa: F811 (the fixture imported above)
+    return own_engine
 
 
 @pytest.fixture
