@@ -92,7 +92,8 @@ def test_a_healthy_tenant_needs_nothing_and_gets_no_event(active):
     assert "2/2 replicas healthy; nothing to repair" in run_command(active.slug)
 
 
-def test_a_dead_replica_is_restarted_and_the_route_follows_its_new_port(active):
+def test_a_dead_replica_is_restarted_and_the_route_follows_its_new_port(active, settings, tmp_path):
+    settings.ROUTES_FILE = str(tmp_path / "nginx-tenants.conf")
     before = backends(active)
     kill(active, 2)
 
@@ -109,6 +110,9 @@ def test_a_dead_replica_is_restarted_and_the_route_follows_its_new_port(active):
     assert "the route named" in route.details["why"]
     now = backends(active)
     assert now[0] == before[0] and now[1] != before[1]
+    # The nginx route table was rewritten with it, once the change committed.
+    table = (tmp_path / "nginx-tenants.conf").read_text()
+    assert f"server {now[1]} " in table and f"server {before[1]} " not in table
     assert [r.port for r in driver_for(active).list_replicas(active.key)][1] == int(
         now[1].split(":")[1]
     )
