@@ -11,6 +11,7 @@ tenant's own driver (``driver_for``) and:
   restart, a process replica whose process died);
 - replaces one that is running but failed its health check (GET /healthz)
   ``UNHEALTHY_CHECKS`` passes in a row;
+- removes replicas past the plan's count (the plan was changed);
 - points the route at the replicas' current ports (an engine restart
   publishes them on new ones) and switches it on, and recreates it if gone.
 
@@ -211,6 +212,20 @@ def _repair(tenant: Tenant, outcome: Outcome, *, actor, reason: str, source: str
                 action="recreated",
             )
         )
+    for index in sorted(i for i in found if i > count):
+        # The plan runs fewer replicas than are there (it was changed).
+        removed_at = time.monotonic()
+        if driver.remove_replica(key, index):
+            name = replica_name(key, index)
+            repairs.append(
+                Repair(
+                    f"replica {name} removed",
+                    f"the plan runs {count} replica(s)",
+                    round(time.monotonic() - removed_at, 3),
+                    target=name,
+                    action="removed",
+                )
+            )
     if broken:
         for index, action, _ in broken:
             if action == "replaced":

@@ -263,3 +263,19 @@ def test_the_proxy_follows_replicas_that_moved_without_waiting_for_the_loop(
     assert backends(active) == [f"{r.host}:{r.port}" for r in driver.list_replicas(active.key)]
     (event,) = repaired_events(active)
     assert (event.details["action"], event.details["source"]) == ("updated", "proxy")
+
+
+def test_replicas_past_the_plans_count_are_removed(active):
+    driver = driver_for(active)
+    driver.ensure_replicas(
+        active.key,
+        image="",
+        count=3,
+        memory_mb=0,
+        pids_limit=0,
+        labels={},
+        env={"TENANT_SLUG": active.slug, "TENANT_ORG": active.org},
+    )
+    outcome = repair.repair_tenant(active)
+    assert [(r.action, r.target) for r in outcome.repairs] == [("removed", f"tpc-{active.key}-r3")]
+    assert [r.index for r in driver.list_replicas(active.key)] == [1, 2]
