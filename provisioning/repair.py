@@ -59,6 +59,7 @@ PROBE_TIMEOUT = 1.0  # seconds per health check
 READY_SECONDS = 15.0  # how long a pass waits for a repaired replica to answer
 # pg_try_advisory_lock(REPAIR_LOCK, tenant id): one repair per tenant at a time.
 REPAIR_LOCK = 0x7270  # "rp"
+REPLICA_ACTIONS = ("recreated", "restarted", "replaced")
 
 
 @dataclass
@@ -67,7 +68,10 @@ class Repair:
     why: str
     seconds: float
     target: str = ""  # the replica, network or route repaired
-    action: str = ""  # recreated, restarted, replaced, updated, switched on
+    action: str = ""  # recreated, restarted, replaced, removed, updated, switched on
+    # The route's backends after a replica's repair moved them (that is part of
+    # the replica's repair, not a repair of its own).
+    route: list[str] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -280,7 +284,17 @@ def _repair(tenant: Tenant, outcome: Outcome, *, actor, reason: str, source: str
                 | {"failures": 0 if ok else 1, "answer": answer}
             )
         outcome.healthy = sum(1 for s in observed if s["healthy"])
-    repairs.extend(_follow_route(tenant, _backends(now.values(), count), started))
+    backends = _backends(now.values(), count)
+    made = [r for r in repairs if r.action in REPLICA_ACTIONS and r.target != key]
+    for repair in _follow_route(tenant, backends, started):
+        if repair.action == "updated" and made:
+            # The replicas repaired above came back on new ports: that is part
+            # of their repair (one event each, naming the route they left),
+            # not a repair of its own.
+            for replica_repair in made:
+                replica_repair.route = backends
+        else:
+            repairs.append(repair)
     outcome.repairs = repairs
     with transaction.atomic():
         _record(tenant, repairs, actor=actor, reason=reason, source=source)
