@@ -85,6 +85,7 @@ class Outcome:
     repairs: list[Repair] = field(default_factory=list)
     skipped: str = ""  # why the tenant was not looked at
     error: str = ""  # why it could not be repaired (the engine is unreachable, ...)
+    outage: bool = False  # the error was the engine's (errors.EngineOutage)
 
     @property
     def degraded(self) -> bool:
@@ -122,13 +123,29 @@ def repairable_tenants():
 
 
 def repair_all() -> str:
-    """One pass over every active tenant (the schedule); a summary line for the task log."""
+    """One pass over every active tenant (the schedule); a summary line for the task log.
+
+    Once a driver's engine is found unreachable, the pass does not ask it
+    again for the other tenants on it (a hung engine costs a client timeout
+    per call): they are recorded as not checked, for the same reason.
+    """
     outcomes = []
+    away: dict[str, str] = {}  # driver name -> the outage seen this pass
     for tenant in repairable_tenants():
+        if tenant.workload_driver in away:
+            outcome = Outcome(tenant=tenant.slug, expected=tenant.plan.replicas)
+            outcome.error = away[tenant.workload_driver]
+            _store(tenant, outcome, observed=None)
+            outcomes.append(outcome)
+            continue
         try:
-            outcomes.append(repair_tenant(tenant))
+            outcome = repair_tenant(tenant)
         except Exception:  # one tenant's bug must not stop the others' repairs
             logger.exception("repair of %s failed", tenant.slug)
+            continue
+        outcomes.append(outcome)
+        if outcome.outage:
+            away[tenant.workload_driver] = outcome.error
     repairs = sum(len(o.repairs) for o in outcomes)
     errors = [o for o in outcomes if o.error]
     text = f"{len(outcomes)} tenant(s) checked, {repairs} repair(s)"
@@ -154,6 +171,7 @@ def repair_tenant(tenant: Tenant, *, actor=None, reason: str = "", source: str =
         except Exception as exc:
             error = classify(exc)
             outcome.error = f"{error.category}: {error}"[:500]
+            outcome.outage = error.outage
             if not isinstance(exc, StepError):
                 logger.warning("repair of %s: %s", tenant.slug, outcome.error)
             _store(tenant, outcome, observed=None)

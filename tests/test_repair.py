@@ -279,3 +279,34 @@ def test_replicas_past_the_plans_count_are_removed(active):
     outcome = repair.repair_tenant(active)
     assert [(r.action, r.target) for r in outcome.repairs] == [("removed", f"tpc-{active.key}-r3")]
     assert [r.index for r in driver.list_replicas(active.key)] == [1, 2]
+
+
+def test_a_pass_asks_an_unreachable_engine_once_and_marks_its_tenants_degraded(
+    plans, operator, settings, monkeypatch, tmp_path
+):
+    from provisioning import drivers
+    from provisioning.drivers.docker_driver import DockerDriver
+    from tests.views_support import activate
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/dockerd-is-down.sock")
+    drivers.clear_cache()
+    asked = []
+    real = DockerDriver.list_replicas
+    monkeypatch.setattr(
+        DockerDriver, "list_replicas", lambda self, key: asked.append(key) or real(self, key)
+    )
+    tenants = [new_tenant(slug, plan="pro", user=operator) for slug in ("one", "two", "three")]
+    for tenant in tenants:
+        activate(tenant)
+    Tenant.objects.update(workload_driver="docker")
+    try:
+        summary = repair.repair_all()
+    finally:
+        drivers.clear_cache()
+    assert summary.startswith(
+        "3 tenant(s) checked, 0 repair(s), 3 not repaired (docker_unreachable"
+    )
+    assert len(asked) == 1
+    for tenant in tenants:
+        health = WorkloadHealth.objects.get(tenant=tenant)
+        assert health.degraded and health.error.startswith("docker_unreachable")
