@@ -101,10 +101,12 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "template_partials",
-    "django_q",
     "axes",
     "tenants",
+    # Before django_q: its `qcluster` command is provisioning's (a subclass that
+    # tells a waiting pump when its cluster stops; see provisioning.engine).
     "provisioning",
+    "django_q",
     "console",  # the web layer: its template tags
 ]
 
@@ -268,9 +270,15 @@ PROVISIONING_BACKOFF_MAX = envfloat("PROVISIONING_BACKOFF_MAX", "10")
 PROVISIONING_FAULTS_ENABLED = envbool("PROVISIONING_FAULTS_ENABLED", "0")
 # "noop": steps that do nothing (provisioning/steps/noop.py), for bench/engine.py only.
 PROVISIONING_STEP_SET = envchoice("PROVISIONING_STEP_SET", "real", ("real", "noop"))
-if PROVISIONING_STEP_SET == "noop" and not (DEBUG and envbool("BENCHMARK", "0")):
+# Refused unless the process says it is a benchmark AND its database is a
+# scratch one (bench/engine.py's bench_*, or a test database): a console
+# running these would mark tenants active that have nothing behind them.
+if PROVISIONING_STEP_SET == "noop" and not (
+    envbool("BENCHMARK", "0") and str(DATABASES["default"]["NAME"]).startswith(("bench_", "test_"))
+):
     raise ImproperlyConfigured(
-        "PROVISIONING_STEP_SET=noop is for bench/engine.py only (BENCHMARK=1, with DEBUG=1)"
+        "PROVISIONING_STEP_SET=noop is for bench/engine.py only "
+        "(BENCHMARK=1, on a scratch database named bench_*)"
     )
 PROVISIONING_MAX_FAILED_ATTEMPTS = 3
 # A task that advances runs (engine.pump) goes on claiming due runs and

@@ -54,7 +54,7 @@ def _new_run(tenant: Tenant, kind: str, user, faults=None, reuse_from=None) -> P
             for position, step in enumerate(STEPS, start=1)
         ]
     )
-    enqueue_run(run.pk)
+    enqueue_run(run.pk, unless_listened=True)
     return run
 
 

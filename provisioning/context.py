@@ -47,7 +47,17 @@ class RunState:
         self.lease = lease
         self.cancel = threading.Event()
         self.lost = threading.Event()
-        self._last_cancel_check = 0.0
+        # The claim read the cancel flag: the next read is due a poll later.
+        self._last_cancel_check = time.monotonic()
+        if lease.cancel:
+            self.cancel.set()
+        self._budgets: dict[str, tuple[int, float]] = {}
+
+    def budget(self, step, plan) -> tuple[int, float]:
+        """``step.budget(plan)`` (strict), worked out once per claim of the run."""
+        if step.id not in self._budgets:
+            self._budgets[step.id] = step.budget(plan)
+        return self._budgets[step.id]
 
     def check(self) -> None:
         if self.lost.is_set():

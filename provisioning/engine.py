@@ -19,6 +19,8 @@ runner".
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import random
@@ -135,17 +137,15 @@ def _advance_claimed(lease: ledger.Lease) -> str:
     beat = Heartbeat(state)
     beat.start()
     try:
-        run = ProvisioningRun.objects.select_related("tenant", "tenant__plan", "created_by").get(
-            pk=run_id
-        )
+        run, steps = _load(run_id)
         if over > 1:
             # Giving up was itself interrupted (a crash while undoing): stop here.
             return _record_platform_error(lease, None, final=True)
         if over == 1:
             return _give_up(state, run)
         if run.kind == ProvisioningRun.Kind.DECOMMISSION:
-            return _decommission(state, run)
-        return _provision(state, run)
+            return _decommission(state, run, steps)
+        return _provision(state, run, steps)
     except Fenced as exc:
         log.info("run %s: stopped, %s", run_id, exc)
         return f"fenced: {exc}"
@@ -195,8 +195,28 @@ def _give_up(state: RunState, run: ProvisioningRun) -> str:
     return _provision(state, run)
 
 
+def _load(run_id: int) -> tuple[ProvisioningRun, list[StepRun]]:
+    """The run with its tenant, plan and creator, and its steps: one query."""
+    steps = list(
+        StepRun.objects.filter(run_id=run_id)
+        .select_related("run__tenant__plan", "run__created_by")
+        .order_by("position")
+    )
+    if not steps:
+        run = ProvisioningRun.objects.select_related("tenant__plan", "created_by").get(pk=run_id)
+        return run, []
+    run = steps[0].run
+    for step_run in steps:
+        step_run.run = run
+    return run, _checked(run, steps)
+
+
 def _steps_of(run: ProvisioningRun) -> list[StepRun]:
-    steps = list(run.steps.order_by("position"))
+    return _checked(run, list(run.steps.order_by("position")))
+
+
+def _checked(run: ProvisioningRun, steps: list[StepRun]) -> list[StepRun]:
+    """``steps`` as recorded, once each is the code's step at its position."""
     for step_run in steps:
         if step_at(step_run.position).id != step_run.step_id:
             raise StepMismatch(
@@ -206,42 +226,72 @@ def _steps_of(run: ProvisioningRun) -> list[StepRun]:
     return steps
 
 
-def _provision(state: RunState, run: ProvisioningRun) -> str:
+def _to_run(steps: list[StepRun]) -> list[tuple[StepRun, Step]]:
+    """The steps a provisioning run still has to run, in order."""
+    return [
+        (step_run, step)
+        for step_run, step in zip(steps, STEPS, strict=True)
+        if step_run.status not in (Status.SUCCEEDED, Status.SKIPPED)
+        and not (step_run.status == Status.FAILED and step.best_effort)
+    ]
+
+
+def _provision(state: RunState, run: ProvisioningRun, steps: list[StepRun] | None = None) -> str:
+    """Run the remaining steps in order. Each transition is one commit: a step's
+    success, the next step's start (or the run's end) and their events together
+    (ledger.step_succeeded), so a saga of N steps costs about N writes."""
     lease = state.lease
-    ledger.run_started(lease)
-    steps = _steps_of(run)
+    steps = _steps_of(run) if steps is None else steps
     if run.status == ProvisioningRun.Status.COMPENSATING:
+        ledger.run_started(lease, run)
         return _compensate_and_fail(state, run, steps, cancelled=run.cancelled)
-    for step_run, step in zip(steps, STEPS, strict=True):
-        if step_run.status in (Status.SUCCEEDED, Status.SKIPPED):
-            continue
-        if step_run.status == Status.FAILED and step.best_effort:
-            continue
+    todo = _to_run(steps)
+    try:
+        first = todo[0][0] if todo and _needs_start(lease, todo[0][0]) else None
+        ledger.run_started(lease, run, then_start=first)
+    except Cancelled:
+        ledger.run_started(lease, run)
+        return _compensate_and_fail(state, run, steps, cancelled=True)
+    for n, (step_run, step) in enumerate(todo):
+        following = todo[n + 1][0] if n + 1 < len(todo) else None
         try:
             state.check()
-            outcome = _run_step(state, run, step_run, step)
+            outcome = _run_step(state, run, step_run, step, following)
         except Cancelled:
             return _compensate_and_fail(state, run, steps, cancelled=True)
         if outcome == "failed":
             return _compensate_and_fail(state, run, steps, cancelled=False)
         if outcome == "parked":
             return "parked"
+        if outcome == "finished":
+            return "succeeded"
     ledger.run_succeeded(lease)
     return "succeeded"
 
 
-def _run_step(state: RunState, run: ProvisioningRun, step_run: StepRun, step: Step) -> str:
-    """One call of a step: 'succeeded', 'failed' or 'parked' (a wait, or a retry's backoff).
+def _needs_start(lease: ledger.Lease, step_run: StepRun) -> bool:
+    """Whether a call of this step starts an attempt. Not for a step that is
+    ``running`` in a run this claim found parked: it goes on with its next check."""
+    return not (lease.parked and step_run.status == Status.RUNNING)
 
-    A step that is ``running`` in a run this claim found parked goes on with
-    its next check: same attempt, nothing recorded before it. Otherwise the
-    call starts an attempt (a first one, the next after a backoff, or one
-    that replaces an attempt whose worker died).
+
+def _run_step(
+    state: RunState,
+    run: ProvisioningRun,
+    step_run: StepRun,
+    step: Step,
+    following: StepRun | None,
+) -> str:
+    """One call of a step, already started (an attempt is on record): 'succeeded',
+    'finished' (it was the last and the run succeeded with it), 'failed' or
+    'parked' (a wait, or a retry's backoff).
+
+    On success the same commit starts ``following``, the next step (or ends
+    the run when there is none), unless the step has an ``on_success`` of its
+    own, which needs a transaction of its own.
     """
     lease = state.lease
-    max_attempts, seconds = step.budget(run.tenant.plan)
-    if not (lease.parked and step_run.status == Status.RUNNING):
-        ledger.step_started(lease, step_run)
+    max_attempts, seconds = state.budget(step, run.tenant.plan)
     ctx = StepContext(state, run, step_run, seconds)
     try:
         faults.apply(ctx, step.id, step_run.attempts)
@@ -263,11 +313,22 @@ def _run_step(state: RunState, run: ProvisioningRun, step_run: StepRun, step: St
             ledger.step_retrying(lease, step_run, error, backoff(step_run.attempts))
             return "parked"
         ledger.step_failed(lease, step_run, error, best_effort=step.best_effort)
-        return "succeeded" if step.best_effort else "failed"
+        if not step.best_effort:
+            return "failed"
+        if following is not None:
+            ledger.step_started(lease, following)
+        return "succeeded"
+    if step.has_on_success:
+        ledger.step_succeeded(
+            lease, step_run, outputs, on_success=partial(step.on_success, ctx, outputs)
+        )
+        if following is not None:
+            ledger.step_started(lease, following)
+        return "succeeded"
     ledger.step_succeeded(
-        lease, step_run, outputs, on_success=partial(step.on_success, ctx, outputs)
+        lease, step_run, outputs, then_start=following, then_finish=following is None
     )
-    return "succeeded"
+    return "succeeded" if following is not None else "finished"
 
 
 def _compensate_and_fail(state, run, steps, *, cancelled: bool) -> str:
@@ -313,11 +374,11 @@ def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> boo
     return False
 
 
-def _decommission(state: RunState, run: ProvisioningRun) -> str:
+def _decommission(state: RunState, run: ProvisioningRun, steps: list[StepRun] | None = None) -> str:
     """Undo every step of the saga, whatever earlier runs recorded."""
     lease = state.lease
-    ledger.run_started(lease)
-    steps = _steps_of(run)
+    ledger.run_started(lease, run)
+    steps = _steps_of(run) if steps is None else steps
     failures = []
     for step_run in reversed(steps):
         if step_run.status == Status.COMPENSATED:
@@ -349,6 +410,61 @@ def pump_seconds() -> float:
     return min(settings.PROVISIONING_PUMP_SECONDS, settings.Q_CLUSTER["timeout"] / 2)
 
 
+# The qcluster a worker belongs to (provisioning's qcluster command sets it
+# before its workers fork), and the channel on which a stopping cluster says so.
+CLUSTER_ENV = "CONSOLE_QCLUSTER"
+STOP_CHANNEL = "console_pump"
+
+
+def mark_cluster() -> str:
+    """Name this qcluster (host and pid) for the workers it is about to fork."""
+    token = f"{socket.gethostname()}:{os.getpid()}"
+    os.environ[CLUSTER_ENV] = token
+    return token
+
+
+def announce_stop() -> None:
+    """Tell this cluster's waiting pump (if any) that the cluster is stopping."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_notify(%s, %s)",
+            [STOP_CHANNEL, json.dumps({"stop": os.environ.get(CLUSTER_ENV, "")})],
+        )
+
+
+def listening() -> bool:
+    """Whether a pump waits for new runs even when none is parked.
+
+    Then a new run (its create announces itself) is claimed within
+    milliseconds instead of after the queue's poll and hand-off. The waiting
+    holds one worker, so only with two or more: with one, the waiter would keep
+    every other task (schedules, actions) waiting.
+    """
+    return settings.Q_CLUSTER["workers"] >= 2 and not settings.Q_CLUSTER.get("sync")
+
+
+def waiter_listening() -> bool:
+    """Whether a pump holds the waiter's role in this database right now.
+
+    A run created while one does needs no task of its own: its create's
+    notification wakes that pump, which claims it within milliseconds. (If
+    the waiter dies in between, the reaper enqueues the run after
+    reaper.UNCLAIMED_GRACE, and a respawned worker enqueues a pump at once.)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT EXISTS (
+                SELECT 1 FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND classid = %s AND objid = %s AND objsubid = 1)
+            """,
+            [WAITER_LOCK >> 32, WAITER_LOCK & 0xFFFFFFFF],
+        )
+        return cursor.fetchone()[0]
+
+
 class Waiter:
     """A pump's listening connection; the pump holding WAITER_LOCK on it is the waiter.
 
@@ -356,7 +472,8 @@ class Waiter:
     the pump holds it, and is gone with the connection if its worker dies.
     Every state change that can make a run due (a create, a cancel, a retry,
     a park) is announced on the ``console`` channel inside its transaction,
-    so a notification wakes the waiter as soon as it commits.
+    so a notification wakes the waiter as soon as it commits. Its cluster's
+    stop is announced on STOP_CHANNEL.
     """
 
     def __init__(self):
@@ -367,10 +484,13 @@ class Waiter:
 
         self.conn = psycopg.connect(**{**conninfo(), "application_name": "tenant-console-pump"})
         self.held = False
+        self.stopping = False
+        self.cluster = os.environ.get(CLUSTER_ENV)
         try:
             # LISTEN before the pump's next look for due runs: a change
             # committed after that look is a notification, never lost.
             self.conn.execute(f"LISTEN {CHANNEL}")
+            self.conn.execute(f"LISTEN {STOP_CHANNEL}")
         except Exception:
             self.conn.close()
             raise
@@ -387,13 +507,21 @@ class Waiter:
             self.held = False
 
     def wait(self, seconds: float) -> bool:
-        """Until a notification or ``seconds``; True if notified. Drains what piled up."""
+        """Until a notification or ``seconds``; True if notified. Drains what piled up,
+        and notes a stop of this pump's own cluster (``stopping``)."""
         woken = False
-        for _ in self.conn.notifies(timeout=max(0.0, seconds), stop_after=1):
+        for notify in self.conn.notifies(timeout=max(0.0, seconds), stop_after=1):
             woken = True
-        for _ in self.conn.notifies(timeout=0):
-            pass
+            self._note(notify)
+        for notify in self.conn.notifies(timeout=0):
+            self._note(notify)
         return woken
+
+    def _note(self, notify) -> None:
+        if notify.channel != STOP_CHANNEL or not self.cluster:
+            return
+        with contextlib.suppress(ValueError, AttributeError):
+            self.stopping |= json.loads(notify.payload).get("stop") == self.cluster
 
     def close(self) -> None:
         self.conn.close()  # ends the LISTEN and frees the lock
@@ -426,7 +554,9 @@ def _ask_for_successor() -> None:
     """
     global _last_successor
     now = time.monotonic()
-    if now - _last_successor < SUCCESSOR_SECONDS or ledger.next_wake() is None:
+    if now - _last_successor < SUCCESSOR_SECONDS:
+        return
+    if not listening() and ledger.next_wake() is None:
         return
     _last_successor = now
     from provisioning.queue import enqueue_pump
@@ -449,9 +579,10 @@ def pump(run_id: int | None = None) -> str:
 
     One task advances every due run it can claim (queued and unclaimed,
     parked and due, parked with a cancel waiting), each until it parks or
-    ends. When nothing is due but runs are parked, one pump (the Waiter)
-    waits for the earliest to come due, or for a notification (a new run, a
-    cancel), and goes on; any other pump returns, freeing its worker. When
+    ends. When nothing is due but runs are parked (or always, when
+    ``listening()``), one pump (the Waiter) waits for the earliest to come
+    due, or for a notification (a new run, a cancel), and goes on; any other
+    pump returns, freeing its worker. When
     the waiter goes to work on a due run it gives the role up and asks for a
     successor task, so a free worker waits meanwhile. A pump
     stops after ``pump_seconds()`` and enqueues its successor, so it stays
@@ -468,6 +599,7 @@ def pump(run_id: int | None = None) -> str:
         return _summary(outcomes) if outcomes else NOT_CLAIMED
     ttl = settings.PROVISIONING_LEASE_SECONDS
     deadline = time.monotonic() + pump_seconds()
+    listen = listening()
     waiter: Waiter | None = None
     handover = False
     try:
@@ -486,8 +618,8 @@ def pump(run_id: int | None = None) -> str:
                     break
                 continue
             wait = ledger.next_wake()
-            if wait is None:
-                break  # nothing parked: nothing to wait for
+            if wait is None and not listen:
+                break  # nothing parked, and not listening: nothing to wait for
             if time.monotonic() >= deadline:
                 handover = True
                 break
@@ -499,18 +631,24 @@ def pump(run_id: int | None = None) -> str:
                 continue  # look again: what came due meanwhile is claimed first
             # A floor, so a due run that is briefly locked (an operator's
             # action on it) is not polled in a tight loop.
+            ceiling = settings.PROVISIONING_HEARTBEAT_SECONDS
             waiter.wait(
                 max(
                     0.002,
-                    min(wait, settings.PROVISIONING_HEARTBEAT_SECONDS, deadline - time.monotonic()),
+                    min(ceiling if wait is None else wait, ceiling, deadline - time.monotonic()),
                 )
             )
+            if waiter.stopping:
+                # Its cluster is stopping: free the worker now; a pump of
+                # another cluster (or of the next one) takes over the waiting.
+                handover = True
+                break
     finally:
         if waiter is not None:
             waiter.close()
     if handover:
         from provisioning.queue import enqueue_pump
 
-        log.info("pump: %.0fs are up; handing over to a new task", pump_seconds())
+        log.info("pump: its time is up or its cluster stops; handing over to a new task")
         enqueue_pump()
     return _summary(outcomes)

@@ -10,16 +10,18 @@ transaction, so "running" is on record before a step's side effects begin.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from provisioning.audit import announce, record_event, topics_for
+from provisioning.audit import CHANNEL, announce, record_event, topics_for
 from provisioning.errors import Cancelled, Fenced, PermanentError, StepError
 from provisioning.models import ProvisioningRun, StepLogLine, StepRun
 from provisioning.status import current_step
@@ -44,6 +46,10 @@ class Lease:
     parked: bool = False
     # How long after its wake_at a parked run was claimed (database clock).
     late_s: float | None = None
+    # The run's tenant: the topics of the lean writes' notifications.
+    tenant_id: int | None = None
+    # Whether a cancel was waiting when the claim took the run.
+    cancel: bool = False
 
 
 # What a worker may claim: a live run that no live lease holds. A parked run
@@ -79,7 +85,8 @@ UPDATE provisioning_provisioningrun AS run
        wait_reason = ''
   FROM target
  WHERE run.id = target.id
-RETURNING run.id, run.fence, run.resumes, target.parked, target.late_s
+RETURNING run.id, run.fence, run.resumes, target.parked, target.late_s, run.tenant_id,
+          run.cancel_requested
 """
 
 
@@ -90,7 +97,7 @@ def _claim(sql: str, params: list, owner: str) -> Lease | None:
     if row is None:
         return None
     late = None if row[4] is None else float(row[4])
-    return Lease(row[0], owner, row[1], row[2], row[3], late)
+    return Lease(row[0], owner, row[1], row[2], row[3], late, row[5], row[6])
 
 
 def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
@@ -106,31 +113,42 @@ def claim(run_id: int, owner: str, ttl: float) -> Lease | None:
 
 def claim_due(owner: str, ttl: float) -> Lease | None:
     """Take the lease of any run that is due: queued and unclaimed, parked and due,
-    or parked with a cancel waiting. None when nothing is due.
+    parked with a cancel waiting, or held by a worker that went silent (its
+    lease expired with its owner still named: the worker died, or lost the
+    database for longer than the lease). None when nothing is due.
 
-    A run whose lease expired (its worker died, or let go after a platform
-    error) is not taken here: the reaper resumes those, at its own pace, so a
-    run that keeps breaking workers is not retried in a tight loop. SKIP
+    A run whose worker let go after an unexpected error (owner cleared, lease
+    expired) is not taken here: the reaper resumes those at its own pace, so
+    a run that keeps breaking workers is not retried in a tight loop. SKIP
     LOCKED lets several pumps take different runs without queueing behind
     each other. The earliest due goes first.
     """
-    where = "lease_expires_at IS NULL AND " + _CLAIMABLE
-    order = "ORDER BY coalesce(wake_at, created_at), id LIMIT 1"
+    where = (
+        "((lease_expires_at IS NULL AND "
+        + _CLAIMABLE
+        + ") OR (lease_owner <> '' AND lease_expires_at < now() AND status = ANY(%s)))"
+    )
+    order = "ORDER BY coalesce(wake_at, lease_expires_at, created_at), id LIMIT 1"
     sql = _CLAIM.format(where=where, order=order, skip="SKIP LOCKED")
-    return _claim(sql, [LIVE, owner, ttl], owner)
+    return _claim(sql, [LIVE, LIVE, owner, ttl], owner)
 
 
 def next_wake() -> float | None:
-    """Seconds until the earliest parked run is due (0 if one is overdue); None if none is parked.
+    """Seconds until the next run comes due (0 if one is overdue): the earliest
+    parked run's wake time, or the earliest lease that will expire unless its
+    worker renews it. None if no run is parked or held.
 
     Measured on the database's clock, which is the one claims compare with.
     """
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT extract(epoch FROM min(wake_at) - clock_timestamp())
+            SELECT extract(epoch FROM min(CASE WHEN lease_expires_at IS NULL THEN wake_at
+                                               WHEN lease_owner <> '' THEN lease_expires_at
+                                          END) - clock_timestamp())
               FROM provisioning_provisioningrun
-             WHERE wake_at IS NOT NULL AND lease_expires_at IS NULL AND status = ANY(%s)
+             WHERE status = ANY(%s)
+               AND ((wake_at IS NOT NULL AND lease_expires_at IS NULL) OR lease_owner <> '')
             """,
             [LIVE],
         )
@@ -192,48 +210,197 @@ def fenced(lease: Lease, *, during_cancel: bool = False):
         yield run
 
 
+# ------------------------------------------------------------ lean writes
+#
+# The hot transitions (a step starts, a step succeeds and the next one
+# starts, the run succeeds) are each ONE statement in autocommit: the fence
+# check, the row writes, their audit events and their notifications travel
+# to PostgreSQL together and commit together. The fence is the WHERE clause of
+# the ``run`` CTE, which also locks the run row (FOR NO KEY UPDATE, as
+# ``fenced`` does) so a reset or a claim cannot slip in between the check and
+# the writes. When the CTE finds nothing, the writes find nothing either
+# (each is bound to the run's id), and ``_refusal`` says why: the same
+# Fenced/Cancelled outcomes as ``fenced``. Transitions that run code of the
+# step inside the transaction (``on_success``) or change the tenant keep
+# ``fenced``.
+
+_FENCE_CTE = """
+run AS (
+    SELECT id, tenant_id
+      FROM provisioning_provisioningrun
+     WHERE id = %(run)s AND lease_owner = %(owner)s AND fence = %(fence)s
+       AND status = ANY(%(live)s) AND lease_expires_at >= now()
+       AND (%(during_cancel)s OR NOT cancel_requested)
+       FOR NO KEY UPDATE
+)"""
+_STEP_SETS = {
+    "start": """status = 'running', attempts = %({p}attempts)s,
+                started_at = coalesce(started_at, %(now)s), attempt_started_at = %(now)s,
+                memo = '{{}}', next_attempt_at = NULL""",
+    "succeed": """status = 'succeeded', finished_at = %(now)s,
+                  outputs = %({p}outputs)s::jsonb, next_attempt_at = NULL""",
+}
+# What a lean write may set on the run row (one update of it per statement).
+_RUN_SETS = {
+    "started": "started_at = %(now)s",
+    "succeeded": """status = 'succeeded', finished_at = %(now)s, lease_owner = '',
+                    lease_expires_at = NULL, wake_at = NULL, wait_reason = '',
+                    error = '', error_category = ''""",
+}
+_EVENTS_CTE = """
+events AS (
+    INSERT INTO provisioning_auditevent (type, tenant_id, run_id, actor, details, created_at)
+    SELECT e.type, run.tenant_id, run.id, 'system', e.details, %(now)s
+      FROM run, jsonb_to_recordset(%(events)s::jsonb) AS e(type text, details jsonb, n int)
+     ORDER BY e.n
+ RETURNING seq
+)"""
+# One notification per event (the hub toasts by seq), or one without a seq.
+_NOTIFY = """
+SELECT run.id, (SELECT count(pg_notify(%(channel)s, json_build_object(
+                    'topics', %(topics)s::json, 'seq', {seq})::text)) {source})
+  FROM run"""
+
+
+def _json(value) -> str:
+    return json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"))
+
+
+def _write(
+    lease: Lease,
+    *,
+    steps: list[tuple[str, StepRun, dict]] = (),
+    events: list[tuple[str, dict]] = (),
+    topics: list[str],
+    now: datetime,
+    run_sets: str = "",
+    during_cancel: bool = False,
+) -> None:
+    """One fenced statement: ``steps`` are (kind in _STEP_SETS, step, params);
+    ``run_sets`` a key of _RUN_SETS for the run row itself."""
+    ctes = [_FENCE_CTE]
+    params = {
+        "run": lease.run_id,
+        "owner": lease.owner,
+        "fence": lease.fence,
+        "live": LIVE,
+        "during_cancel": during_cancel,
+        "now": now,
+        "channel": CHANNEL,
+        "topics": _json(topics),
+        "events": _json([{"type": t, "details": d, "n": n} for n, (t, d) in enumerate(events)]),
+    }
+    for n, (kind, step, own) in enumerate(steps):
+        prefix = f"s{n}_"
+        ctes.append(
+            f"s{n} AS (UPDATE provisioning_steprun SET "
+            + _STEP_SETS[kind].format(p=prefix)
+            + f" WHERE id = %({prefix}id)s AND run_id = (SELECT id FROM run) RETURNING id)"
+        )
+        params[f"{prefix}id"] = step.pk
+        params.update({prefix + key: value for key, value in own.items()})
+    if run_sets:
+        ctes.append(
+            "run_row AS (UPDATE provisioning_provisioningrun SET "
+            + _RUN_SETS[run_sets]
+            + " WHERE id = (SELECT id FROM run) RETURNING id)"
+        )
+    if events:
+        ctes.append(_EVENTS_CTE)
+    notify = (
+        _NOTIFY.format(seq="seq", source="FROM events")
+        if events
+        else _NOTIFY.format(seq="NULL", source="")
+    )
+    sql = "WITH " + ",".join(ctes) + notify
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        _refusal(lease, during_cancel=during_cancel)
+
+
+def _refusal(lease: Lease, *, during_cancel: bool):
+    """Why a lean write found no run to write to: raise what ``fenced`` would."""
+    run = (
+        ProvisioningRun.objects.filter(pk=lease.run_id)
+        .annotate(
+            lease_expired=ExpressionWrapper(
+                Q(lease_expires_at__lt=Now()), output_field=BooleanField()
+            )
+        )
+        .values("lease_owner", "fence", "status", "cancel_requested", "lease_expired")
+        .first()
+    )
+    if (
+        run is None
+        or run["lease_owner"] != lease.owner
+        or run["fence"] != lease.fence
+        or run["status"] not in LIVE
+    ):
+        raise Fenced(f"run {lease.run_id}: fence {lease.fence} is stale")
+    if run["lease_expired"] is not False:
+        raise Fenced(f"run {lease.run_id}: lease expired")
+    if run["cancel_requested"] and not during_cancel:
+        raise Cancelled()
+    raise Fenced(f"run {lease.run_id}: refused")  # not reached: the CTE's conditions
+
+
+def _tenant_topics(lease: Lease) -> list[str]:
+    """What ``topics_for(tenant)`` names, from the lease alone."""
+    return [f"tenant-{lease.tenant_id}", "tenants", "audit"]
+
+
+def _start(step: StepRun, now: datetime) -> tuple[tuple, tuple]:
+    """The in-memory side of starting ``step``, and its (write, event) for ``_write``."""
+    step.status = Status.RUNNING
+    step.attempts += 1
+    step.started_at = step.started_at or now
+    step.attempt_started_at = now
+    step.memo = {}
+    step.next_attempt_at = None
+    return (
+        ("start", step, {"attempts": step.attempts}),
+        ("tenant.provisioning.step_started", _step_details(step)),
+    )
+
+
 def _step_details(step: StepRun, **extra) -> dict:
     return {"step": step.step_id, "position": step.position, "attempt": step.attempts, **extra}
 
 
-def run_started(lease: Lease) -> None:
-    with fenced(lease, during_cancel=True) as run:
-        if run.started_at is None:
-            run.started_at = timezone.now()
-            run.save(update_fields=["started_at"])
-            if run.kind == ProvisioningRun.Kind.PROVISION:
-                record_event(
-                    "tenant.provisioning.started",
-                    tenant=run.tenant,
-                    run=run,
-                    details={"attempt": run.attempt, "plan": run.tenant.plan.name},
-                )
+def run_started(lease: Lease, run: ProvisioningRun, *, then_start: StepRun | None = None) -> None:
+    """Record the run's start (once: a resumed run started before) and, in the same
+    commit, start ``then_start``, its first step to run."""
+    if run.started_at is not None:
+        if then_start is not None:
+            step_started(lease, then_start)
+        return
+    now = timezone.now()
+    writes, events = [], []
+    if run.kind == ProvisioningRun.Kind.PROVISION:
+        details = {"attempt": run.attempt, "plan": run.tenant.plan.name}
+        events.append(("tenant.provisioning.started", details))
+    if then_start is not None:
+        write, event = _start(then_start, now)
+        writes.append(write)
+        events.append(event)
+    _write(
+        lease,
+        steps=writes,
+        events=events,
+        topics=_tenant_topics(lease),
+        now=now,
+        run_sets="started",
+        during_cancel=then_start is None,
+    )
+    run.started_at = now
 
 
 def step_started(lease: Lease, step: StepRun) -> None:
-    with fenced(lease) as run:
-        step.status = Status.RUNNING
-        step.attempts += 1
-        step.started_at = step.started_at or timezone.now()
-        step.attempt_started_at = timezone.now()
-        step.memo = {}
-        step.next_attempt_at = None
-        step.save(
-            update_fields=[
-                "status",
-                "attempts",
-                "started_at",
-                "attempt_started_at",
-                "memo",
-                "next_attempt_at",
-            ]
-        )
-        record_event(
-            "tenant.provisioning.step_started",
-            tenant=run.tenant,
-            run=run,
-            details=_step_details(step),
-        )
+    now = timezone.now()
+    write, event = _start(step, now)
+    _write(lease, steps=[write], events=[event], topics=_tenant_topics(lease), now=now)
 
 
 def step_stalled(run_id: int, step_id: int, details: dict) -> bool:
@@ -322,21 +489,65 @@ def step_retrying(lease: Lease, step: StepRun, error: StepError, delay: float) -
         return next_at
 
 
-def step_succeeded(lease: Lease, step: StepRun, outputs: dict, on_success=None) -> None:
-    with fenced(lease) as run:
-        step.status = Status.SUCCEEDED
-        step.finished_at = timezone.now()
-        step.outputs = outputs
-        step.next_attempt_at = None
-        step.save(update_fields=["status", "finished_at", "outputs", "next_attempt_at"])
-        record_event(
-            "tenant.provisioning.step_completed",
-            tenant=run.tenant,
-            run=run,
-            details=_step_details(step, outcome="succeeded", duration_s=step.duration_s),
-        )
-        if on_success:
+def step_succeeded(
+    lease: Lease,
+    step: StepRun,
+    outputs: dict,
+    on_success=None,
+    *,
+    then_start: StepRun | None = None,
+    then_finish: bool = False,
+) -> None:
+    """Record a step's success; in the same commit start ``then_start`` (the next step)
+    or, with ``then_finish``, end the run succeeded.
+
+    ``on_success`` (code of the step that must commit with its success) takes
+    the slower ``fenced`` transaction; the chaining is then left to the caller.
+    """
+    if on_success is not None:
+        with fenced(lease) as run:
+            _succeeded(step, outputs, timezone.now())
+            StepRun.objects.filter(pk=step.pk).update(
+                status=step.status,
+                finished_at=step.finished_at,
+                outputs=outputs,
+                next_attempt_at=None,
+            )
+            record_event(
+                "tenant.provisioning.step_completed",
+                tenant=run.tenant,
+                run=run,
+                details=_completed_details(step),
+            )
             on_success()
+        return
+    now = timezone.now()
+    _succeeded(step, outputs, now)
+    writes = [("succeed", step, {"outputs": _json(outputs)})]
+    events = [("tenant.provisioning.step_completed", _completed_details(step))]
+    if then_start is not None:
+        write, event = _start(then_start, now)
+        writes.append(write)
+        events.append(event)
+    _write(
+        lease,
+        steps=writes,
+        events=events,
+        topics=_tenant_topics(lease),
+        now=now,
+        run_sets="succeeded" if then_finish else "",
+    )
+
+
+def _succeeded(step: StepRun, outputs: dict, now: datetime) -> None:
+    step.status = Status.SUCCEEDED
+    step.finished_at = now
+    step.outputs = outputs
+    step.next_attempt_at = None
+
+
+def _completed_details(step: StepRun) -> dict:
+    return _step_details(step, outcome="succeeded", duration_s=step.duration_s)
 
 
 def step_failed(lease: Lease, step: StepRun, error: StepError, *, best_effort: bool) -> None:

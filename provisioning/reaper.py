@@ -91,16 +91,19 @@ def reap_dead_local_owners() -> int:
 
 
 def ensure_pump() -> bool:
-    """Enqueue a pump if runs are parked (a cluster starting after every worker died).
+    """Enqueue a pump if runs are parked (a cluster starting after every worker died),
+    or to be the listening waiter (engine.listening).
 
     Parked runs hold no lease, so no dead owner points at them: without this
     they would wait for the reaper's next minute. A pump that finds another
     already waiting returns at once, so an extra one costs one short task.
     """
+    from provisioning.engine import listening
+
     parked = ProvisioningRun.objects.filter(
         status__in=ProvisioningRun.LIVE, lease_expires_at__isnull=True, wake_at__isnull=False
     )
-    if not parked.exists():
+    if not listening() and not parked.exists():
         return False
     enqueue_pump()
     return True

@@ -147,8 +147,12 @@ def test_reset_refuses_a_parked_run(plans, faults_enabled):
 def test_a_pump_waits_for_a_parked_run_and_returns_when_none_is_left(
     plans, faults_enabled, settings
 ):
-    """One task, in this process: its run parks twice and the pump carries it through."""
+    """One task, in this process: its run parks twice and the pump carries it through.
+
+    With one worker no pump listens for new runs (engine.listening), so it
+    returns as soon as nothing is parked."""
     settings.WORKLOAD_DRIVER = "process"
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 1}
     tenant = new_tenant(faults=["validate:hang:1", "allocate_network:hang:1"])
     began = time.monotonic()
     result = engine.pump(run_of(tenant).pk)
@@ -159,6 +163,63 @@ def test_a_pump_waits_for_a_parked_run_and_returns_when_none_is_left(
     assert started(tenant) == STEP_IDS
     actions.decommission_tenant(tenant)
     drive(tenant)
+
+
+def test_a_listening_pump_claims_a_new_run_at_once_and_stops_with_its_cluster(
+    plans, settings, monkeypatch, task_queue
+):
+    """With two workers a pump waits even when nothing is parked, and claims a new
+    run as its create commits; its cluster's stop (the qcluster command's
+    signal handler calls announce_stop) frees its worker at once."""
+    import threading
+
+    settings.WORKLOAD_DRIVER = "process"
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 2, "sync": False}
+    monkeypatch.setenv(engine.CLUSTER_ENV, "test-host:1")
+    outcome = {}
+
+    def pump():
+        from django.db import connection
+
+        try:
+            outcome["result"] = engine.pump()
+        finally:
+            connection.close()  # this thread's own
+
+    pumping = threading.Thread(target=pump)
+    pumping.start()
+    try:
+        wait_for(lambda: _waiter_lock_held(), timeout=10, message="the pump to wait")
+        tenant = new_tenant(slug="listened")
+        assert task_queue.queue_size() == 0  # the create sent no task: the pump listens
+        wait_for(lambda: run_of(tenant).started_at, timeout=5, message="a claim")
+        run = run_of(tenant)
+        late = (run.started_at - run.created_at).total_seconds()
+        print(f"\nclaimed {late * 1000:.1f} ms after the create committed")
+        assert late < 0.5  # the queue's poll alone is 100 ms, and nothing was enqueued here
+        wait_for(lambda: run_of(tenant).status == "succeeded", timeout=30, message="the run")
+        assert pumping.is_alive()  # still listening
+        began = time.monotonic()
+        engine.announce_stop()
+        pumping.join(5)
+        assert not pumping.is_alive() and time.monotonic() - began < 2
+        assert outcome["result"] == "succeeded 1"
+    finally:
+        engine.announce_stop()
+        pumping.join(10)
+    actions.decommission_tenant(tenant)
+    drive(tenant)
+
+
+def _waiter_lock_held() -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s",
+            [engine.WAITER_LOCK & 0xFFFFFFFF],
+        )
+        return cursor.fetchone()[0] > 0
 
 
 def test_only_one_pump_waits(plans, faults_enabled):

@@ -101,6 +101,12 @@ class Step:
     def on_success(self, ctx: StepContext, outputs: dict) -> None:
         """Runs inside the transaction that records success (fenced)."""
 
+    @property
+    def has_on_success(self) -> bool:
+        """Whether this step has an ``on_success`` of its own (the engine then records
+        its success in a transaction of its own, with that code inside)."""
+        return type(self).on_success is not Step.on_success
+
     def budget(self, plan, *, strict: bool = True) -> tuple[int, float]:
         """(attempts, seconds) on ``plan``: its Plan.step_budgets entry, else the defaults.
 
