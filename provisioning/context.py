@@ -6,6 +6,7 @@ import threading
 import time
 from functools import cached_property
 
+from django.conf import settings
 from django.utils import timezone
 
 from provisioning import ledger
@@ -51,7 +52,45 @@ class RunState:
         self._last_cancel_check = time.monotonic()
         if lease.cancel:
             self.cancel.set()
+        # Until when this worker may believe it holds the lease without asking:
+        # the claim's or the last renewal's time plus the lease's length,
+        # measured on this process's monotonic clock (started before the
+        # claim's statement, so it errs early).
+        self.valid_until = (lease.sent_at or time.monotonic()) + settings.PROVISIONING_LEASE_SECONDS
         self._budgets: dict[str, tuple[int, float]] = {}
+
+    def renewed(self, at: float) -> None:
+        """The lease was renewed by a statement sent at monotonic time ``at``."""
+        self.valid_until = max(self.valid_until, at + settings.PROVISIONING_LEASE_SECONDS)
+
+    def check_lease(self) -> None:
+        """Fenced, without asking the database, once the lease may have been lost: the
+        heartbeat said so, or nothing renewed it for a whole lease (the database
+        was out of reach, or this process was stopped); another worker may hold
+        it by now."""
+        if self.lost.is_set():
+            raise Fenced(f"run {self.lease.run_id}: lease lost")
+        if time.monotonic() > self.valid_until:
+            self.lost.set()
+            raise Fenced(f"run {self.lease.run_id}: lease expired (not renewed in time)")
+
+    def touch(self) -> None:
+        """Before an effect on the outside world: renew the lease in a durable commit.
+
+        Proves the lease is still ours (else Fenced) and flushes every lazy
+        commit before it, the step's "running" among them (ledger, "Lazy
+        durability"). A cancel it finds is noted, not raised: an undo must go on.
+        """
+        self.check_lease()
+        sent = time.monotonic()
+        if ledger.heartbeat(self.lease, settings.PROVISIONING_LEASE_SECONDS):
+            self.cancel.set()
+        self.renewed(sent)
+
+    def sql_guard(self, execute, sql, params, many, context):
+        """A connection.execute_wrapper: no SQL from a worker that may have lost its lease."""
+        self.check_lease()
+        return execute(sql, params, many, context)
 
     def budget(self, step, plan) -> tuple[int, float]:
         """``step.budget(plan)`` (strict), worked out once per claim of the run."""
@@ -60,8 +99,7 @@ class RunState:
         return self._budgets[step.id]
 
     def check(self) -> None:
-        if self.lost.is_set():
-            raise Fenced(f"run {self.lease.run_id}: lease lost")
+        self.check_lease()
         now = time.monotonic()
         # A cheap read a few times a second keeps cancel prompt inside long waits.
         if not self.cancel.is_set() and now - self._last_cancel_check >= CANCEL_POLL_SECONDS:
@@ -87,6 +125,27 @@ class VerifyContext:
         return driver_for(self.tenant)
 
 
+class GuardedDriver:
+    """The workload driver as a step sees it: every call is preceded by the run's
+    ``touch`` (a fenced, durable lease renewal), so a worker that lost its lease
+    stops before its next Docker call, and the step's start is on disk first."""
+
+    def __init__(self, driver, state: RunState):
+        self._driver = driver
+        self._state = state
+
+    def __getattr__(self, name):
+        attribute = getattr(self._driver, name)
+        if not callable(attribute) or name.startswith("_"):
+            return attribute
+
+        def guarded(*args, **kwargs):
+            self._state.touch()
+            return attribute(*args, **kwargs)
+
+        return guarded
+
+
 class StepContext(VerifyContext):
     """What a running step sees: a VerifyContext plus the fenced ways to report and wait.
 
@@ -108,6 +167,17 @@ class StepContext(VerifyContext):
             step_run.memo = {}
         self.memo: dict = step_run.memo
         self._last_progress: dict | None = None
+
+    @cached_property
+    def driver(self):
+        from provisioning.drivers import get_driver
+
+        return GuardedDriver(get_driver(), self.state)
+
+    def before_effect(self) -> None:
+        """Call before an effect outside the database that is not a driver call (a
+        file, an email): the same guard as every driver call."""
+        self.state.touch()
 
     def log(self, message: str, level: str = "info") -> None:
         ledger.step_log(self.lease, self.step_run, message, level)

@@ -83,8 +83,10 @@ class Heartbeat(threading.Thread):
         try:
             while not self.stopping.wait(settings.PROVISIONING_HEARTBEAT_SECONDS):
                 try:
+                    sent = time.monotonic()
                     if ledger.heartbeat(self.state.lease, settings.PROVISIONING_LEASE_SECONDS):
                         self.state.cancel.set()
+                    self.state.renewed(sent)
                 except Fenced:
                     self.state.lost.set()
                     return
@@ -295,7 +297,8 @@ def _run_step(
     ctx = StepContext(state, run, step_run, seconds)
     try:
         faults.apply(ctx, step.id, step_run.attempts)
-        outputs = step.run(ctx) or {}
+        with connection.execute_wrapper(state.sql_guard):
+            outputs = step.run(ctx) or {}
         state.check()  # a cancel that arrived during the step wins over its result
     except CheckAgain as wait:
         state.check()  # and over its wait (park also refuses once a cancel is recorded)
@@ -360,7 +363,8 @@ def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> boo
         if state.lost.is_set():
             raise Fenced("lease lost during compensation")
         try:
-            step.compensate(ctx)
+            with connection.execute_wrapper(state.sql_guard):
+                step.compensate(ctx)
         except Exception as exc:
             last_error = str(classify(exc))
             log.warning("run %s: undo of %s failed (%s): %s", run.pk, step.id, attempt, last_error)

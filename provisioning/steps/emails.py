@@ -56,6 +56,7 @@ class SendWelcomeEmails(Step):
                     f"{kind} email already {'sent' if claim.sent_at else 'claimed'}; not re-sent"
                 )
                 continue
+            ctx.before_effect()  # fenced, and the step's start on disk, before it leaves
             try:
                 send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [identity.admin_email])
             except Exception:
