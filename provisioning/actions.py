@@ -32,8 +32,11 @@ class AlreadyUnderWay(ActionError):
     """The same operation is already in progress: not an error for a double click."""
 
 
-def _new_run(tenant: Tenant, kind: str, user, faults=None, reuse_from=None) -> ProvisioningRun:
-    previous = tenant.runs.filter(kind=kind).order_by("-attempt").first()
+def _new_run(
+    tenant: Tenant, kind: str, user, faults=None, reuse_from=None, *, first: bool = False
+) -> ProvisioningRun:
+    """``first``: the tenant was created in this transaction, so it has no earlier run."""
+    previous = None if first else tenant.runs.filter(kind=kind).order_by("-attempt").first()
     run = ProvisioningRun.objects.create(
         tenant=tenant,
         kind=kind,
@@ -74,7 +77,7 @@ def create_tenant(
             admin_email=request.admin_email,
             created_by=user,
         )
-        run = _new_run(tenant, Kind.PROVISION, user, faults=faults)
+        run = _new_run(tenant, Kind.PROVISION, user, faults=faults, first=True)
         record_event(
             "tenant.created",
             tenant=tenant,

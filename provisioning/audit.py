@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
+from django.utils import timezone
 
 from provisioning.models import AuditEvent, ProvisioningRun
 from tenants.models import Tenant
@@ -50,12 +52,40 @@ def record_event(
     actor=None,
     details: dict | None = None,
 ) -> AuditEvent:
-    event = AuditEvent.objects.create(
+    """Insert the event and announce it: one statement (the insert's seq goes
+    straight into the notification)."""
+    event = AuditEvent(
         type=type,
         tenant=tenant,
         run=run,
         actor=actor if isinstance(actor, str) else actor_name(actor),
         details=details or {},
+        created_at=timezone.now(),
     )
-    announce(topics_for(tenant), event.seq)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH event AS (
+                INSERT INTO provisioning_auditevent
+                       (type, tenant_id, run_id, actor, details, created_at)
+                VALUES (%s, %s, %s, %s, %s::jsonb, %s)
+                RETURNING seq
+            )
+            SELECT seq, pg_notify(%s, '{"topics":' || %s || ',"seq":' || seq || '}')
+              FROM event
+            """,
+            [
+                event.type,
+                tenant.pk if tenant else None,
+                run.pk if run else None,
+                event.actor,
+                json.dumps(event.details, cls=DjangoJSONEncoder),
+                event.created_at,
+                CHANNEL,
+                json.dumps(topics_for(tenant)),
+            ],
+        )
+        event.seq = cursor.fetchone()[0]
+    event._state.adding = False
+    event._state.db = connection.alias
     return event

@@ -277,8 +277,9 @@ events AS (
 )"""
 # One notification per event (the hub toasts by seq), or one without a seq.
 _NOTIFY = """
-SELECT run.id, (SELECT count(pg_notify(%(channel)s, json_build_object(
-                    'topics', %(topics)s::json, 'seq', {seq})::text)) {source}),
+SELECT run.id, (SELECT count(pg_notify(
+                    %(channel)s, '{{"topics":' || %(topics)s || ',"seq":' || {seq} || '}}'))
+                {source}),
        (SELECT 1 FROM lazy)
   FROM run"""
 
@@ -333,7 +334,7 @@ def _write(
     notify = (
         _NOTIFY.format(seq="seq", source="FROM events")
         if events
-        else _NOTIFY.format(seq="NULL", source="")
+        else _NOTIFY.format(seq="'null'", source="")
     )
     sql = "WITH " + ",".join(ctes) + notify
     with connection.cursor() as cursor:
