@@ -206,7 +206,10 @@ class Bench:
 
     @contextlib.contextmanager
     def world(self, broker: str, workers: int, *, cluster: bool = True):
-        """A fresh database and broker queue, and (``cluster``) a running qcluster on them."""
+        """A fresh database and broker queue, and (``cluster``) a running qcluster on them.
+
+        Without ``cluster`` it yields a function that starts one (stopped by the caller).
+        """
         from django_q.conf import Conf
 
         name = self.fresh_database()
@@ -220,11 +223,17 @@ class Bench:
         if broker == "redis":
             env["REDIS_URL"] = self.args.redis_url
         proc = None
+
+        def start():
+            started = tta.Cluster(env, self.tmp / f"qcluster-{name}-late.log")
+            started.wait_running()
+            return started
+
         try:
             if cluster:
                 proc = tta.Cluster(env, self.tmp / f"qcluster-{name}.log")
                 proc.wait_running()
-            yield proc
+            yield proc if cluster else start
         finally:
             if proc is not None:
                 stop_cluster(proc)
@@ -397,6 +406,43 @@ def throughput(n: int, slugs: Slugs, timeout: float, cluster) -> dict:
         ),
         "cpu_busy": busy,
     }
+
+
+def backlog(n: int, slugs: Slugs, timeout: float, start_cluster) -> dict:
+    """The engine alone: ``n`` sagas created while no worker runs, then a qcluster
+    starts and works through them. sagas/s = n / first step started to last
+    run finished (the creates, from this one thread, are not in it)."""
+    from provisioning.models import StepRun
+
+    ids = [create(slugs())[0] for _ in range(n)]
+    cluster = start_cluster()
+    try:
+        cluster_cpu = tta._tree_cpu(cluster.proc.pid)
+        done = wait_done(ids, timeout, poll=0.1, cluster=cluster)
+        cluster_cpu_after = tta._tree_cpu(cluster.proc.pid)
+        rows = runs_of(ids)
+        finished = [r for r in rows if r["status"] == "succeeded"]
+        first = min((r["started_at"] for r in rows if r["started_at"]), default=None)
+        last = max((r["finished_at"] for r in finished), default=None)
+        wall = seconds(first, last) if done and len(finished) == n and first else None
+        steps = StepRun.objects.filter(
+            run__tenant_id__in=ids, status=StepRun.Status.SUCCEEDED
+        ).count()
+        return {
+            "n": n,
+            "succeeded": len(finished),
+            "wall_s": wall,
+            "sagas_per_s": n / wall if wall else None,
+            "steps_per_s": steps / wall if wall else None,
+            "rss_end_mb": tree_rss_mb(cluster.proc.pid),
+            "cluster_cpu_s": (
+                cluster_cpu_after - cluster_cpu
+                if cluster_cpu is not None and cluster_cpu_after is not None
+                else None
+            ),
+        }
+    finally:
+        stop_cluster(cluster)
 
 
 def behind_parked(k: int, wait_s: float, slugs: Slugs, fresh_timeout: float, cluster) -> dict:
@@ -742,6 +788,21 @@ def print_report(results: dict) -> None:
                 f"{ms(row['create_p95']):>7} {row['rss_idle_mb']:>8.0f} "
                 f"{row['rss_end_mb']:>7.0f} {busy:>5}"
             )
+    if results.get("backlog"):
+        print(
+            "\nthe engine alone: N sagas queued, then the workers start (first step to last finish)"
+        )
+        print(
+            f"{'broker':<7} {'W':>2} {'N':>4} {'ok':>4} {'sagas/s':>8} {'steps/s':>8} {'wall s':>7}"
+        )
+        for row in results["backlog"]:
+            rate = f"{row['sagas_per_s']:.1f}" if row["sagas_per_s"] else "-"
+            steps = f"{row['steps_per_s']:.0f}" if row["steps_per_s"] else "-"
+            wall = f"{row['wall_s']:.2f}" if row["wall_s"] else "timeout"
+            print(
+                f"{row['broker']:<7} {row['workers']:>2} {row['n']:>4} {row['succeeded']:>4} "
+                f"{rate:>8} {steps:>8} {wall:>7}"
+            )
     if results["parked"]:
         print("\na fresh saga behind K sagas waiting in wait_ready (ORM broker)")
         print(
@@ -955,7 +1016,14 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     tmp = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     bench = Bench(args, tmp)
-    results: dict = {"args": {}, "single": [], "throughput": [], "parked": [], "skipped": []}
+    results: dict = {
+        "args": {},
+        "single": [],
+        "throughput": [],
+        "backlog": [],
+        "parked": [],
+        "skipped": [],
+    }
     try:
         busy_before = tta.busy_share(tta.BUSY_SAMPLE_SECONDS)
         bench.create_template()
@@ -982,6 +1050,10 @@ def main(argv=None) -> int:
                     one_at_a_time(workers + 1, slugs, 30, cluster)  # warm every worker
                     row = throughput(args.sagas, slugs, args.timeout, cluster)
                 results["throughput"].append({"broker": broker, "workers": workers, **row})
+                log(f"{broker}: {args.sagas} sagas queued, then {workers} worker(s) start")
+                with bench.world(broker, workers, cluster=False) as start_cluster:
+                    row = backlog(args.sagas, slugs, args.timeout, start_cluster)
+                results["backlog"].append({"broker": broker, "workers": workers, **row})
         for k in args.parked:
             workers = args.parked_workers
             log(f"orm: a fresh saga behind {k} sagas waiting {args.wait:g}s, {workers} worker(s)")
@@ -998,7 +1070,7 @@ def main(argv=None) -> int:
         log(f"results: {out}")
         if not args.no_chart:
             log(write_chart(results, args.chart))
-        failed = [r for r in results["throughput"] if r["succeeded"] != r["n"]]
+        failed = [r for r in results["throughput"] + results["backlog"] if r["succeeded"] != r["n"]]
         failed += [r for r in results["single"] if r["failed"]]
         return 1 if failed else 0
     except tta.BenchError as exc:
