@@ -170,9 +170,9 @@ class StepContext(VerifyContext):
 
     @cached_property
     def driver(self):
-        from provisioning.drivers import get_driver
+        from provisioning.drivers import driver_for
 
-        return GuardedDriver(get_driver(), self.state)
+        return GuardedDriver(driver_for(self.tenant), self.state)
 
     def before_effect(self) -> None:
         """Call before an effect outside the database that is not a driver call (a

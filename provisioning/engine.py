@@ -29,10 +29,12 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.utils import timezone
 
 from provisioning import faults, ledger, stall
 from provisioning.context import CheckAgain, RunState, StepContext
@@ -311,6 +313,13 @@ def _run_step(
     except Exception as exc:
         error = classify(exc)
         log.info("run %s step %s attempt %s: %s", run.pk, step.id, step_run.attempts, error)
+        if error.outage and (wait := _retry_outage(step_run)):
+            delay, reason = wait
+            ledger.step_retrying(lease, step_run, error, delay, reason=reason)
+            return "parked"
+        step_run.memo.pop(
+            ledger.OUTAGE_SINCE, None
+        )  # the engine answered: a new outage starts anew
         if error.transient and step_run.attempts < max_attempts:
             # The backoff is a park too: no worker waits it out.
             ledger.step_retrying(lease, step_run, error, backoff(step_run.attempts))
@@ -334,6 +343,32 @@ def _run_step(
     return "succeeded" if following is not None else "finished"
 
 
+# How often a step, or an undo, tries again while the container engine is away.
+OUTAGE_RETRY_SECONDS = 5.0
+# An undo's outage clock, apart from the step's own (the memo keeps both).
+UNDO_OUTAGE_SINCE = "undo_outage_since"
+
+
+def _retry_outage(step_run: StepRun, key: str = ledger.OUTAGE_SINCE) -> tuple[float, str] | None:
+    """An engine outage is retried for WORKLOAD_ENGINE_OUTAGE_SECONDS from when it
+    began (kept in the step's memo, across attempts), not for the step's
+    attempts: an engine restart outlasts a backoff. Returns (seconds until
+    the next try, what the run waits for), or None once the time is up."""
+    now = timezone.now()
+    since = step_run.memo.setdefault(key, now.isoformat())
+    until = datetime.fromisoformat(since) + timedelta(
+        seconds=settings.WORKLOAD_ENGINE_OUTAGE_SECONDS
+    )
+    if now >= until:
+        return None
+    delay = min(OUTAGE_RETRY_SECONDS, (until - now).total_seconds())
+    return delay, f"Docker Engine unreachable, retrying until {timezone.localtime(until):%H:%M:%S}"
+
+
+class UndoParked(Exception):  # noqa: N818 - not an error: the undo waits for the engine
+    """An undo parked the run until the container engine answers again."""
+
+
 def _compensate_and_fail(state, run, steps, *, cancelled: bool) -> str:
     lease = state.lease
     ledger.compensation_started(lease, cancelled=cancelled)
@@ -341,7 +376,10 @@ def _compensate_and_fail(state, run, steps, *, cancelled: bool) -> str:
         step_run.refresh_from_db()
         if step_run.status not in STARTED:
             continue
-        _compensate_step(state, run, step_run, step_at(step_run.position))
+        try:
+            _compensate_step(state, run, step_run, step_at(step_run.position))
+        except UndoParked:
+            return "parked"
     ledger.run_failed(lease)
     return "cancelled" if cancelled else "failed"
 
@@ -350,9 +388,10 @@ def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> boo
     """Undo one step, retrying a few times; a cancel does not stop an undo.
 
     The backoff between undo attempts stays a short wait in the worker (3
-    attempts, at most 2 waits of PROVISIONING_BACKOFF_MAX): parking in the
-    middle of a compensation would need an undo cursor on the run, for waits
-    that are rare and short.
+    attempts, at most 2 waits of PROVISIONING_BACKOFF_MAX). An engine outage
+    parks the run instead (UndoParked), for up to WORKLOAD_ENGINE_OUTAGE_SECONDS:
+    the statuses are the undo's cursor (what is undone is recorded
+    compensated), so the next claim resumes at this step.
     """
     lease = state.lease
     ledger.step_compensating(lease, step_run)
@@ -366,7 +405,14 @@ def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> boo
             with connection.execute_wrapper(state.sql_guard):
                 step.compensate(ctx)
         except Exception as exc:
-            last_error = str(classify(exc))
+            error = classify(exc)
+            if error.outage and (wait := _retry_outage(step_run, UNDO_OUTAGE_SINCE)):
+                # Parked, not slept through: the undo resumes at this step.
+                delay, reason = wait
+                log.warning("run %s: undo of %s waits: %s", run.pk, step.id, error)
+                ledger.undo_waiting(lease, step_run, error, delay, reason)
+                raise UndoParked() from exc
+            last_error = str(error)
             log.warning("run %s: undo of %s failed (%s): %s", run.pk, step.id, attempt, last_error)
             ctx.log(f"undo attempt {attempt} failed: {last_error}", "error")
             if attempt < COMPENSATION_ATTEMPTS:
@@ -387,8 +433,11 @@ def _decommission(state: RunState, run: ProvisioningRun, steps: list[StepRun] | 
     for step_run in reversed(steps):
         if step_run.status == Status.COMPENSATED:
             continue
-        if not _compensate_step(state, run, step_run, step_at(step_run.position)):
-            failures.append(step_run.step_id)
+        try:
+            if not _compensate_step(state, run, step_run, step_at(step_run.position)):
+                failures.append(step_run.step_id)
+        except UndoParked:
+            return "parked"
     if failures:
         ledger.decommission_finished(
             lease, error=f"could not remove what {', '.join(failures)} made; decommission again"

@@ -31,6 +31,8 @@ from tenants.models import Tenant
 
 Status = StepRun.Status
 RunStatus = ProvisioningRun.Status
+# The step memo's key for when an engine outage began (engine._retry_outage).
+OUTAGE_SINCE = "outage_since"
 # For the raw statements below; the model's list is the one truth.
 LIVE = [str(status) for status in ProvisioningRun.LIVE]
 
@@ -256,7 +258,10 @@ run AS (
 _STEP_SETS = {
     "start": """status = 'running', attempts = %({p}attempts)s,
                 started_at = coalesce(started_at, %(now)s), attempt_started_at = %(now)s,
-                memo = '{{}}', next_attempt_at = NULL""",
+                memo = CASE WHEN memo ? 'outage_since'
+                            THEN jsonb_build_object('outage_since', memo -> 'outage_since')
+                            ELSE '{{}}'::jsonb END,
+                next_attempt_at = NULL""",
     "succeed": """status = 'succeeded', finished_at = %(now)s,
                   outputs = %({p}outputs)s::jsonb, next_attempt_at = NULL""",
 }
@@ -381,7 +386,9 @@ def _start(step: StepRun, now: datetime) -> tuple[tuple, tuple]:
     step.attempts += 1
     step.started_at = step.started_at or now
     step.attempt_started_at = now
-    step.memo = {}
+    # An attempt's memo starts empty, but for when an engine outage began
+    # (the engine retries one for a time, across attempts: engine._retry_outage).
+    step.memo = {key: value for key, value in (step.memo or {}).items() if key == OUTAGE_SINCE}
     step.next_attempt_at = None
     return (
         ("start", step, {"attempts": step.attempts}),
@@ -489,18 +496,25 @@ def park(lease: Lease, step: StepRun, *, seconds: float, progress: dict, reason:
         return wake_at
 
 
-def step_retrying(lease: Lease, step: StepRun, error: StepError, delay: float) -> datetime:
+def step_retrying(
+    lease: Lease, step: StepRun, error: StepError, delay: float, reason: str = ""
+) -> datetime:
     """Record a failed attempt and park the run for the backoff ``delay``; returns when
     the next attempt is due. The backoff holds no worker: any pump starts the
-    next attempt when it is due."""
+    next attempt when it is due. ``reason`` (default: which attempt failed) is
+    what the run waits for; it is also the step's progress line."""
     with fenced(lease) as run:
         next_at = _wake_time(delay)
         step.status = Status.RETRYING
         step.error = str(error)
         step.error_category = error.category
         step.next_attempt_at = next_at
-        step.save(update_fields=["status", "error", "error_category", "next_attempt_at"])
-        reason = f"retrying {label_of(step.step_id)} after attempt {step.attempts} failed"
+        fields = ["status", "error", "error_category", "next_attempt_at", "memo"]
+        if reason:
+            step.progress = {"message": reason}
+            fields.append("progress")
+        step.save(update_fields=fields)
+        reason = reason or f"retrying {label_of(step.step_id)} after attempt {step.attempts} failed"
         _release_parked(run, next_at, reason)
         record_event(
             "tenant.provisioning.step_retrying",
@@ -598,6 +612,19 @@ def step_failed(lease: Lease, step: StepRun, error: StepError, *, best_effort: b
             run.error = str(error)
             run.error_category = error.category
             run.save(update_fields=["failed_step", "error", "error_category"])
+
+
+def undo_waiting(lease: Lease, step: StepRun, error: StepError, delay: float, reason: str) -> None:
+    """An undo that cannot reach the engine: note it on the step and park the run
+    (compensating) until the next try; the undo resumes where it was, since
+    every step already undone is recorded compensated."""
+    with fenced(lease, during_cancel=True) as run:
+        next_at = _wake_time(delay)
+        step.error = f"undo waiting: {error}"
+        step.progress = {"message": reason, "next_check_at": next_at.isoformat()}
+        step.save(update_fields=["error", "progress", "memo"])
+        _release_parked(run, next_at, reason)
+        announce([f"tenant-{run.tenant_id}", "tenants"])
 
 
 def step_progress(lease: Lease, step: StepRun, progress: dict) -> None:
