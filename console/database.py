@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from django.core.exceptions import ImproperlyConfigured
 
 
-def parse_database_url(url: str, conn_max_age: int = 0) -> dict:
+def parse_database_url(url: str, conn_max_age: int = 0, idle_in_transaction_s: float = 0) -> dict:
     parsed = urlparse(url)
     if parsed.scheme not in ("postgres", "postgresql"):
         raise ImproperlyConfigured(
@@ -41,7 +41,23 @@ def parse_database_url(url: str, conn_max_age: int = 0) -> dict:
         # could create one named after the owner, full of look-alike tables
         # and functions that the owner's `migrate` would then use
         # (docs/DATABASE.md). Tenant schemas are always named explicitly.
-        "OPTIONS": {"application_name": "tenant-console", "options": "-c search_path=public"},
+        #
+        # idle_in_transaction_session_timeout: a process that stops in the middle
+        # of a transaction (frozen, cut off) would hold its row locks, and with
+        # them every other worker's claim of that run, for as long as its
+        # connection lives. PostgreSQL ends such a session after this long
+        # (DB_IDLE_IN_TRANSACTION_SECONDS; no transaction here waits on
+        # anything but the database), so its runs are resumed once their
+        # lease expires (docs/ARCHITECTURE.md, "Stale workers").
+        "OPTIONS": {
+            "application_name": "tenant-console",
+            "options": "-c search_path=public"
+            + (
+                f" -c idle_in_transaction_session_timeout={int(idle_in_transaction_s * 1000)}"
+                if idle_in_transaction_s
+                else ""
+            ),
+        },
     }
 
 
@@ -64,7 +80,9 @@ def embedded_url(data_dir: Path) -> str:
     return server.get_uri()
 
 
-def database_settings(url: str | None, var_dir: Path, conn_max_age: int = 0) -> dict:
+def database_settings(
+    url: str | None, var_dir: Path, conn_max_age: int = 0, idle_in_transaction_s: float = 0
+) -> dict:
     if not url:
         url = embedded_url(var_dir / "pgdata")
-    return parse_database_url(url, conn_max_age)
+    return parse_database_url(url, conn_max_age, idle_in_transaction_s)

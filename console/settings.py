@@ -147,7 +147,16 @@ TEMPLATES = [
 # Persistent connections, except under pytest, where the test database must be
 # droppable at the end (a kept connection in another thread would block it).
 DB_CONN_MAX_AGE = envint("DB_CONN_MAX_AGE", "0" if TESTING else "60")
-DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL"), VAR_DIR, DB_CONN_MAX_AGE)}
+# A session idle inside a transaction for this long is ended by PostgreSQL
+# (console/database.py says why); 0 turns it off.
+DB_IDLE_IN_TRANSACTION_SECONDS = envfloat(
+    "DB_IDLE_IN_TRANSACTION_SECONDS", "10", above=-1, maximum=86400
+)
+DATABASES = {
+    "default": database_settings(
+        os.environ.get("DATABASE_URL"), VAR_DIR, DB_CONN_MAX_AGE, DB_IDLE_IN_TRANSACTION_SECONDS
+    )
+}
 if TESTING:
     # One test database per test session, so two sessions on one server
     # (a developer's and CI's, or parallel helpers) never drop each other's.
