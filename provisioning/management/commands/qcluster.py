@@ -11,12 +11,16 @@ stops as django-q2 always does.
 from __future__ import annotations
 
 import os
+import re
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django_q.cluster import Cluster
 from django_q.management.commands import qcluster
 
 from provisioning import engine
+
+NAME = re.compile(r"[A-Za-z0-9_-]{1,100}", re.ASCII)
 
 
 class ConsoleCluster(Cluster):
@@ -33,8 +37,15 @@ class Command(qcluster.Command):
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 - as django-q2's: no cluster without a signing key
-        if options.get("cluster_name"):
-            os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
+        name = options.get("cluster_name")
+        if name is not None:
+            # It names the queue (a Redis key, a column's value): plain words only.
+            if not NAME.fullmatch(name):
+                raise CommandError(
+                    "--name must be 1 to 100 letters, digits, '-' or '_' "
+                    f"(got {name[:40].encode('unicode_escape', 'replace').decode()!r})"
+                )
+            os.environ["Q_CLUSTER_NAME"] = name
         engine.mark_cluster()  # before the workers fork: they inherit the token
         cluster = ConsoleCluster()
         cluster.start()
