@@ -365,9 +365,27 @@ def one_at_a_time(n: int, slugs: Slugs, timeout: float, cluster=None) -> dict:
     }
 
 
-def throughput(n: int, slugs: Slugs, timeout: float, cluster) -> dict:
+def rates(ids: list[int], done: bool, *, since: str) -> dict:
+    """sagas/s and steps/s of these runs: from the first one's ``since`` (created_at
+    or started_at) to the last one's end; None unless every one succeeded."""
     from provisioning.models import StepRun
 
+    rows = runs_of(ids)
+    finished = [r for r in rows if r["status"] == "succeeded"]
+    first = min((r[since] for r in rows if r[since]), default=None)
+    last = max((r["finished_at"] for r in finished), default=None)
+    wall = seconds(first, last) if done and len(finished) == len(ids) and first else None
+    steps = StepRun.objects.filter(run__tenant_id__in=ids, status=StepRun.Status.SUCCEEDED).count()
+    return {
+        "n": len(ids),
+        "succeeded": len(finished),
+        "wall_s": wall,
+        "sagas_per_s": len(ids) / wall if wall else None,
+        "steps_per_s": steps / wall if wall else None,
+    }
+
+
+def throughput(n: int, slugs: Slugs, timeout: float, cluster) -> dict:
     rss_idle = tree_rss_mb(cluster.proc.pid)
     cpu = tta._cpu_times()
     cluster_cpu = tta._tree_cpu(cluster.proc.pid)
@@ -379,21 +397,11 @@ def throughput(n: int, slugs: Slugs, timeout: float, cluster) -> dict:
     done = wait_done(ids, timeout, poll=0.1, cluster=cluster)
     after = tta._cpu_times()
     cluster_cpu_after = tta._tree_cpu(cluster.proc.pid)
-    rows = runs_of(ids)
-    finished = [r for r in rows if r["status"] == "succeeded"]
-    first = min(r["created_at"] for r in rows)
-    last = max((r["finished_at"] for r in finished), default=None)
-    wall = seconds(first, last) if done and len(finished) == n else None
-    steps = StepRun.objects.filter(run__tenant_id__in=ids, status=StepRun.Status.SUCCEEDED).count()
     busy = None
     if cpu and after and after[0] > cpu[0]:
         busy = 1 - (after[1] - cpu[1]) / (after[0] - cpu[0])
     return {
-        "n": n,
-        "succeeded": len(finished),
-        "wall_s": wall,
-        "sagas_per_s": n / wall if wall else None,
-        "steps_per_s": steps / wall if wall else None,
+        **rates(ids, done, since="created_at"),
         "create_p50": pct(creates, 50),
         "create_p95": pct(creates, 95),
         "submit_s": sum(creates),
@@ -412,28 +420,14 @@ def backlog(n: int, slugs: Slugs, timeout: float, start_cluster) -> dict:
     """The engine alone: ``n`` sagas created while no worker runs, then a qcluster
     starts and works through them. sagas/s = n / first step started to last
     run finished (the creates, from this one thread, are not in it)."""
-    from provisioning.models import StepRun
-
     ids = [create(slugs())[0] for _ in range(n)]
     cluster = start_cluster()
     try:
         cluster_cpu = tta._tree_cpu(cluster.proc.pid)
         done = wait_done(ids, timeout, poll=0.1, cluster=cluster)
         cluster_cpu_after = tta._tree_cpu(cluster.proc.pid)
-        rows = runs_of(ids)
-        finished = [r for r in rows if r["status"] == "succeeded"]
-        first = min((r["started_at"] for r in rows if r["started_at"]), default=None)
-        last = max((r["finished_at"] for r in finished), default=None)
-        wall = seconds(first, last) if done and len(finished) == n and first else None
-        steps = StepRun.objects.filter(
-            run__tenant_id__in=ids, status=StepRun.Status.SUCCEEDED
-        ).count()
         return {
-            "n": n,
-            "succeeded": len(finished),
-            "wall_s": wall,
-            "sagas_per_s": n / wall if wall else None,
-            "steps_per_s": steps / wall if wall else None,
+            **rates(ids, done, since="started_at"),
             "rss_end_mb": tree_rss_mb(cluster.proc.pid),
             "cluster_cpu_s": (
                 cluster_cpu_after - cluster_cpu

@@ -298,14 +298,21 @@ def _write(
     *,
     steps: list[tuple[str, StepRun, dict]] = (),
     events: list[tuple[str, dict]] = (),
-    topics: list[str],
     now: datetime,
+    then_start: StepRun | None = None,
     run_sets: str = "",
     during_cancel: bool = False,
     durable: bool = False,
 ) -> None:
     """One fenced statement: ``steps`` are (kind in _STEP_SETS, step, params);
-    ``run_sets`` a key of _RUN_SETS for the run row itself."""
+    ``then_start`` a step to start in it too; ``run_sets`` a key of _RUN_SETS
+    for the run row itself. Announced on the tenant's topics."""
+    steps, events = list(steps), list(events)
+    if then_start is not None:
+        write, event = _start(then_start, now)
+        steps.append(write)
+        events.append(event)
+    topics = _tenant_topics(lease)
     ctes = [_FENCE_CTE]
     params = {
         "run": lease.run_id,
@@ -412,16 +419,12 @@ def run_started(lease: Lease, run: ProvisioningRun, *, then_start: StepRun | Non
     if run.kind == ProvisioningRun.Kind.PROVISION:
         details = {"attempt": run.attempt, "plan": run.tenant.plan.name}
         events.append(("tenant.provisioning.started", details))
-    if then_start is not None:
-        write, event = _start(then_start, now)
-        writes.append(write)
-        events.append(event)
     _write(
         lease,
         steps=writes,
         events=events,
-        topics=_tenant_topics(lease),
         now=now,
+        then_start=then_start,
         run_sets="started",
         during_cancel=then_start is None,
     )
@@ -429,9 +432,7 @@ def run_started(lease: Lease, run: ProvisioningRun, *, then_start: StepRun | Non
 
 
 def step_started(lease: Lease, step: StepRun) -> None:
-    now = timezone.now()
-    write, event = _start(step, now)
-    _write(lease, steps=[write], events=[event], topics=_tenant_topics(lease), now=now)
+    _write(lease, now=timezone.now(), then_start=step)
 
 
 def step_stalled(run_id: int, step_id: int, details: dict) -> bool:
@@ -563,16 +564,12 @@ def step_succeeded(
     _succeeded(step, outputs, now)
     writes = [("succeed", step, {"outputs": _json(outputs)})]
     events = [("tenant.provisioning.step_completed", _completed_details(step))]
-    if then_start is not None:
-        write, event = _start(then_start, now)
-        writes.append(write)
-        events.append(event)
     _write(
         lease,
         steps=writes,
         events=events,
-        topics=_tenant_topics(lease),
         now=now,
+        then_start=then_start,
         run_sets="succeeded" if then_finish else "",
         durable=then_finish,
     )
