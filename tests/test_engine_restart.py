@@ -18,7 +18,7 @@ import pytest
 from django.apps import apps as django_apps
 from django.utils import timezone
 
-from provisioning import actions, drivers, ledger, repair
+from provisioning import actions, drivers, repair
 from provisioning.models import AuditEvent, Route
 from provisioning.steps.storage import drop_schema
 from tenants.models import Tenant
@@ -146,22 +146,10 @@ def test_a_removed_replica_is_recreated_by_the_loop_while_the_other_one_answers(
         cleanup(tenant)
 
 
-# The engine's side (a run parks and retries an EngineOutage for
-# WORKLOAD_ENGINE_OUTAGE_SECONDS, compensation too) is issue 8's work on
-# provisioning/engine.py and ledger.py. Until it is on this branch these fail,
-# as the issue measured (the tenant ends failed, its undo failed too); with it
-# (ledger.OUTAGE_SINCE is its memo key) they pass: 3.2 s from the engine
-# answering to active, 1.7 s to decommissioned, run on issue-8 merged here.
-# Remove this marker once both have landed.
-NEEDS_OUTAGE_BUDGET = pytest.mark.xfail(
-    condition=not hasattr(ledger, "OUTAGE_SINCE"),
-    strict=True,
-    reason="needs the engine's outage budget (errors.EngineOutage retried for "
-    "WORKLOAD_ENGINE_OUTAGE_SECONDS), not landed yet",
-)
+# The engine's side: a run that meets an engine outage parks and retries it
+# for WORKLOAD_ENGINE_OUTAGE_SECONDS, and an undo does the same (engine.py).
 
 
-@NEEDS_OUTAGE_BUDGET
 def test_an_engine_restart_during_deploy_workloads_ends_active_with_both_replicas(
     engine, console, faults_enabled, monkeypatch
 ):
@@ -187,7 +175,6 @@ def test_an_engine_restart_during_deploy_workloads_ends_active_with_both_replica
         cleanup(tenant)
 
 
-@NEEDS_OUTAGE_BUDGET
 def test_a_docker_tenant_is_decommissioned_by_a_worker_started_while_the_engine_was_down(
     engine, console, cluster_factory
 ):
