@@ -1,42 +1,30 @@
 """HTML fragments for htmx: the pages' live regions, rendered from the same partials.
 
-The websocket layer calls these (through ``database_sync_to_async``) on
-every (re)connect and on every change; the action views return them to htmx.
-Each returns top-level elements that carry a stable ``id`` and
-``hx-swap-oob``, so htmx swaps each one in by id wherever it is on the page.
-They take no request: a push has none, so nothing here may depend on one
-(CSRF reaches htmx through ``hx-headers`` on <body> instead).
+The page views, the htmx action responses and the websocket pushes all render
+the regions here, so a pushed fragment is the same HTML a reload would give.
+Each region is a top-level element with a stable ``id`` (and ``hx-swap-oob``),
+swapped in by id wherever it is on the page. A region that is a list (the
+timeline's steps, the events, the tenants table's rows, the audit rows) also
+carries its items, so that a push can send only the items that changed
+(``changes``). Nothing here takes a request: a push has none (CSRF reaches
+htmx through ``hx-headers`` on <body> instead).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 
 from console.presenters.audit import audit_context
 from console.presenters.detail import detail_context
-from console.presenters.tenant_list import banner_context, tenant_rows
+from console.presenters.tenant_list import banner_context, drift_context, tenant_rows
 from provisioning.models import AuditEvent
 from tenants.filters import audit_filters, list_filters
 from tenants.models import Tenant
-
-# Element ids, in the order the fragments are emitted.
-DETAIL_PARTIALS = {
-    "tenant-header": "tenants/_tenant_header.html",
-    "step-line": "provisioning/_step_line.html",
-    "step-elapsed": "provisioning/_step_elapsed.html",
-    "step-progress": "provisioning/_step_progress.html",
-    "error-card": "provisioning/_error_card.html",
-    "timeline": "provisioning/_timeline.html",
-    "actions": "provisioning/_actions.html",
-    "tenant-events": "provisioning/_events.html",
-}
-DETAIL_IDS = tuple(DETAIL_PARTIALS)
-LIST_IDS = ("tenant-table", "drift-banner")
-BANNER_IDS = ("failure-banner",)
-AUDIT_IDS = ("audit-rows",)
 
 TOAST_EVENTS = {
     "tenant.provisioning.completed": "success",
@@ -45,35 +33,246 @@ TOAST_EVENTS = {
 }
 
 
+@dataclass(frozen=True)
+class Region:
+    """One live region of a page.
+
+    ``items`` are (id, HTML) pairs of the list inside it, in page order, each
+    a substring of ``html``; ``container`` is the id of the element that holds
+    them, and ``container_tag`` its tag, when new items arrive on top (events).
+    """
+
+    id: str
+    html: str
+    items: tuple[tuple[str, str], ...] = ()
+    container: str = ""
+    container_tag: str = ""
+
+    def frame(self) -> str:
+        """The region without its items: equal frames mean only items changed."""
+        frame = self.html
+        for _item_id, item in self.items:
+            frame = frame.replace(item, "", 1)
+        return frame
+
+
+Page = Sequence[Region]
+
+
+def full(page: Page) -> str:
+    return "".join(region.html for region in page)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """A push: ``flow`` (regions and list items, one frame) and ``table_frames``.
+
+    Table rows go in frames of their own: an HTML parser that meets a bare
+    ``<tr>`` or ``<tbody>`` switches to table parsing for the rest of the
+    frame, and would then take a following ``<div>``'s form apart.
+    """
+
+    flow: str = ""
+    table_frames: tuple[str, ...] = ()
+
+    def frames(self, extra: str = "") -> list[str]:
+        return [f for f in (self.flow + extra, *self.table_frames) if f]
+
+    def __bool__(self) -> bool:
+        return bool(self.flow or self.table_frames)
+
+
+def changes(previous: Page | None, current: Page) -> Changes:
+    """What turns a page showing ``previous`` into ``current``: the regions, or items, that differ.
+
+    An item that changed is sent alone (the websocket swaps a top-level element
+    by its id); new items on top of a list are prepended into its container and
+    those that fell off its end deleted; anything else that changed in a region
+    sends the whole region.
+    """
+    if previous is None:
+        return Changes(full(current))
+    before = {region.id: region for region in previous}
+    flow: list[str] = []
+    tables: list[str] = []
+    for region in current:
+        old = before.get(region.id)
+        if old is None or not region.items or old.frame() != region.frame():
+            if old is None or old.html != region.html:
+                flow.append(region.html)
+            continue
+        if old.html == region.html:
+            continue
+        if region.container_tag == "tbody":
+            tables.extend(f for f in _item_changes(old, region) if f)
+        else:
+            flow.append("".join(_item_changes(old, region)))
+    return Changes("".join(flow), tuple(tables))
+
+
+def _item_changes(old: Region, new: Region) -> tuple[str, str]:
+    """(items replaced by id, items prepended and deleted): two frames for table rows."""
+    old_items, new_items = dict(old.items), dict(new.items)
+    old_ids, new_ids = [i for i, _ in old.items], [i for i, _ in new.items]
+    if old_ids == new_ids:
+        return "".join(html for item_id, html in new.items if old_items[item_id] != html), ""
+    added = [i for i in new_ids if i not in old_items]
+    kept = new_ids[len(added) :]
+    if not new.container or new_ids[: len(added)] != added or kept != old_ids[: len(kept)]:
+        return new.html, ""  # reordered, or removed from the middle: the whole region
+    replaced = "".join(new_items[i] for i in kept if old_items[i] != new_items[i])
+    tag = new.container_tag
+    moved = [
+        f'<{tag} hx-swap-oob="afterbegin:#{new.container}">'
+        + "".join(new_items[i] for i in added)
+        + f"</{tag}>"
+    ]
+    moved += [f'<template id="{i}" hx-swap-oob="delete"></template>' for i in old_ids[len(kept) :]]
+    return replaced, "".join(moved)
+
+
 def _role(role: str) -> str:
     return "operator" if role == "operator" else "viewer"
 
 
+def _render(template: str, context: dict) -> str:
+    return render_to_string(template, context)
+
+
+def _list_region(
+    region_id: str,
+    template: str,
+    item_template: str,
+    item_id,
+    items: Iterable,
+    context: dict,
+    item_name: str,
+    *,
+    container: str = "",
+    container_tag: str = "",
+) -> Region:
+    """Render each item once, then the region around the rendered items."""
+    rendered = tuple(
+        (item_id(item), _render(item_template, {**context, item_name: item})) for item in items
+    )
+    html = _render(template, {**context, "rendered_items": [mark_safe(h) for _, h in rendered]})
+    return Region(region_id, html, rendered, container, container_tag)
+
+
+# ---------------------------------------------------------------- detail page
+
+DETAIL_SIMPLE = {
+    "tenant-header": "tenants/_tenant_header.html",
+    "step-line": "provisioning/_step_line.html",
+    "step-elapsed": "provisioning/_step_elapsed.html",
+    "step-progress": "provisioning/_step_progress.html",
+    "error-card": "provisioning/_error_card.html",
+}
+DETAIL_IDS = (*DETAIL_SIMPLE, "timeline", "actions", "tenant-events-count", "tenant-events")
+
+
+def detail_page(tenant: Tenant, *, role: str) -> tuple[dict, list[Region]]:
+    """The detail page's context and its live regions (ids: DETAIL_IDS), read fresh."""
+    context = detail_context(tenant, _role(role))
+    regions = [Region(rid, _render(name, context)) for rid, name in DETAIL_SIMPLE.items()]
+    regions.append(
+        _list_region(
+            "timeline",
+            "provisioning/_timeline.html",
+            "provisioning/_timeline.html#step-row",
+            lambda row: f"step-{row.step.step_id}",
+            context["steps"],
+            context,
+            "row",
+        )
+    )
+    regions.append(Region("actions", _render("provisioning/_actions.html", context)))
+    regions.append(
+        Region("tenant-events-count", _render("provisioning/_events.html#events-count", context))
+    )
+    regions.append(
+        _list_region(
+            "tenant-events",
+            "provisioning/_events.html",
+            "provisioning/_events.html#event-row",
+            lambda event: f"event-{event['seq']}",
+            context["events"],
+            context,
+            "event",
+            container="tenant-events-list",
+            container_tag="ol",
+        )
+    )
+    return context, regions
+
+
 def detail_fragments(tenant: Tenant, *, role: str) -> str:
     """Every live region of the tenant's detail page (ids: DETAIL_IDS)."""
-    context = detail_context(tenant, _role(role))
-    return "".join(render_to_string(name, context) for name in DETAIL_PARTIALS.values())
+    return full(detail_page(tenant, role=role)[1])
+
+
+# ---------------------------------------------------------------- tenants list
+
+
+def list_page(*, role: str, state: str = "", q: str = "") -> tuple[dict, list[Region]]:
+    """The tenants table (``tenant-table``, a row each) for these filters, and ``#drift-banner``."""
+    filters = list_filters({"state": state, "q": q})
+    context = {**tenant_rows(**filters), **drift_context(), "role": _role(role)}
+    table = _list_region(
+        "tenant-table",
+        "tenants/_tenant_table.html",
+        "tenants/_tenant_table.html#tenant-row",
+        lambda row: f"tenant-row-{row['tenant'].pk}",
+        context["rows"],
+        context,
+        "row",
+        container="tenant-table-body",
+        container_tag="tbody",
+    )
+    drift = Region("drift-banner", _render("tenants/_drift_banner.html", context))
+    return context, [table, drift]
 
 
 def list_fragments(*, role: str, state: str = "", q: str = "") -> str:
-    """The tenants table (id ``tenant-table``) for these filters, and ``#drift-banner``."""
-    filters = list_filters({"state": state, "q": q})
-    context = {**tenant_rows(**filters), "role": _role(role)}
-    # ``#drift-banner``: what the reconcile schedule found last (it loads its own data).
-    return render_to_string("tenants/_tenant_table.html", context) + render_to_string(
-        "tenants/_drift_banner.html"
-    )
+    return full(list_page(role=role, state=state, q=q)[1])
+
+
+def banner_page(user) -> list[Region]:
+    """``#failure-banner``: the user's latest failure in 24 h, or an empty placeholder."""
+    return [Region("failure-banner", _render("tenants/_failure_banner.html", banner_context(user)))]
 
 
 def banner_fragment(user) -> str:
-    """``#failure-banner``: the user's latest failure in 24 h, or an empty placeholder."""
-    return render_to_string("tenants/_failure_banner.html", banner_context(user))
+    return full(banner_page(user))
+
+
+# ---------------------------------------------------------------- audit feed
+
+
+def audit_page(*, type_prefix: str = "", tenant: str = "", page: int = 1) -> tuple[dict, list]:
+    """The audit feed's rows (``audit-rows``, newest on top) and its pagination."""
+    filters = audit_filters({"type": type_prefix, "tenant": tenant, "page": str(page)})
+    context = audit_context(**filters)
+    rows = _list_region(
+        "audit-rows",
+        "audit/_audit_rows.html",
+        "audit/_audit_rows.html#audit-row",
+        lambda event: f"audit-{event['seq']}",
+        context["events"],
+        context,
+        "event",
+        container="audit-rows-body",
+        container_tag="tbody",
+    )
+    pagination = Region("audit-pagination", _render("audit/_audit_rows.html#pagination", context))
+    return context, [rows, pagination]
 
 
 def audit_fragments(*, type_prefix: str = "", tenant: str = "", page: int = 1) -> str:
-    """The audit feed's rows and pagination (id ``audit-rows``)."""
-    filters = audit_filters({"type": type_prefix, "tenant": tenant, "page": str(page)})
-    return render_to_string("audit/_audit_rows.html", audit_context(**filters))
+    return full(audit_page(type_prefix=type_prefix, tenant=tenant, page=page)[1])
+
+
+# ---------------------------------------------------------------- toasts
 
 
 def toast(level: str, text: str, *, link: str = "", key: str = "") -> str:
@@ -101,3 +300,8 @@ def toast_fragments(events: Iterable[AuditEvent]) -> str:
             toast(level, text, link=reverse("tenant-detail", args=[slug]), key=f"event-{event.seq}")
         )
     return "".join(html)
+
+
+def as_context(regions: Iterable[Region]) -> dict:
+    """``regions`` for a page template: ``{{ regions.step_line }}`` is ``#step-line``."""
+    return {region.id.replace("-", "_"): mark_safe(region.html) for region in regions}

@@ -139,6 +139,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.context_processors.live",
             ],
         },
     }
@@ -339,6 +340,9 @@ if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     raise ImproperlyConfigured("Q_TIMEOUT must be below Q_RETRY, or running tasks are re-delivered")
 
 CHANNEL_LAYERS = {}  # live updates fan out through PostgreSQL LISTEN/NOTIFY
+# Every live socket gets a small heartbeat this often; a page that hears nothing
+# for two intervals reconnects (a proxy can stop forwarding without closing).
+LIVE_HEARTBEAT_SECONDS = envfloat("LIVE_HEARTBEAT_SECONDS", "15", above=0, maximum=3600)
 
 LOGGING = {
     "version": 1,

@@ -40,6 +40,10 @@
   var everOpen = false;
   var retryDelay = 1000;
   var unloading = false;
+  var lastHeard = Date.now();
+  var liveSocket = null; // the socket the ws extension opened last
+  var abandoned = typeof WeakSet === "function" ? new WeakSet() : null; // closed here on purpose
+  var attempts = 0;
   window.addEventListener("pagehide", function () { unloading = true; });
 
   function setLive(state, text) {
@@ -51,28 +55,76 @@
     if (label) label.textContent = text;
   }
 
+  // htmx.createWebSocket is the ws extension's documented hook for making the
+  // socket: wrapping it tells this page which socket is current, so that it
+  // can close one that went silent.
+  if (window.htmx && typeof htmx.createWebSocket === "function") {
+    var createSocket = htmx.createWebSocket;
+    htmx.createWebSocket = function (url) {
+      liveSocket = createSocket(url);
+      return liveSocket;
+    };
+  }
+
+  // A new socket, through htmx's public API: changing an attribute of the
+  // ws-connect element and processing it again makes the extension connect
+  // afresh; the server then sends the full current state.
+  function reconnect() {
+    var root = document.querySelector("[ws-connect]");
+    if (!root || unloading || !window.htmx) return;
+    setLive("reconnecting", "Reconnecting…");
+    if (liveSocket) {
+      if (abandoned) abandoned.add(liveSocket);
+      try {
+        liveSocket.close(4000, "silent");
+      } catch (e) {
+        /* already closed */
+      }
+    }
+    attempts += 1;
+    lastHeard = Date.now();
+    root.setAttribute("data-live-attempt", String(attempts));
+    htmx.process(root);
+  }
+
+  // The server sends a heartbeat every data-heartbeat seconds; two intervals
+  // of silence on an open socket mean something between here and the server
+  // stopped forwarding without closing it.
+  function heartbeatSeconds() {
+    var root = document.querySelector("[ws-connect][data-heartbeat]");
+    var seconds = root ? parseFloat(root.getAttribute("data-heartbeat")) : NaN;
+    return isFinite(seconds) && seconds > 0 ? seconds : 0;
+  }
+  setInterval(function () {
+    var seconds = heartbeatSeconds();
+    var el = document.getElementById("live-indicator");
+    if (!seconds || !el || el.dataset.state !== "live") return;
+    if (Date.now() - lastHeard > 2 * seconds * 1000) reconnect();
+  }, 500);
+
   document.addEventListener("htmx:wsConnecting", function () {
     if (everOpen) setLive("reconnecting", "Reconnecting…");
   });
   // Marks that the socket's state has been applied at least once (the first
   // message after every connect is the full current state); tests wait on it.
   document.addEventListener("htmx:wsAfterMessage", function () {
+    lastHeard = Date.now();
     document.body.setAttribute("data-live-synced", "true");
-  });
-  document.addEventListener("htmx:wsClose", function () {
-    document.body.removeAttribute("data-live-synced");
   });
   document.addEventListener("htmx:wsOpen", function () {
     everOpen = true;
     retryDelay = 1000;
+    lastHeard = Date.now();
     setLive("live", "Live");
   });
   document.addEventListener("htmx:wsError", function () {
     setLive("reconnecting", "Reconnecting…");
   });
   document.addEventListener("htmx:wsClose", function (evt) {
-    if (unloading) return;
-    var code = evt.detail && evt.detail.event ? evt.detail.event.code : 0;
+    var closed = evt.detail && evt.detail.event;
+    if (unloading || (abandoned && closed && abandoned.has(closed.target))) return;
+    document.body.removeAttribute("data-live-synced");
+    var code = closed ? closed.code : 0;
     // The server closes with 4401 when the session no longer signs this user
     // in (signed out, deactivated, password changed): reconnecting would only
     // be refused again, so go and sign in. 4403: still signed in, with another
@@ -94,14 +146,9 @@
     // other close (a server closing cleanly, a restart) reconnect here, so a
     // page never stays stale. The server sends the full state on connect.
     if ([1006, 1011, 1012, 1013].indexOf(code) >= 0) return;
-    var socketElt = evt.target;
-    var wrapper = evt.detail && evt.detail.socketWrapper;
-    if (!wrapper || !wrapper.reconnect) return;
     var delay = retryDelay;
     retryDelay = Math.min(retryDelay * 2, 15000);
-    setTimeout(function () {
-      if (!unloading && document.body.contains(socketElt)) wrapper.reconnect();
-    }, delay + Math.random() * 500);
+    setTimeout(reconnect, delay + Math.random() * 500);
   });
 
   // ------------------------------------------------------------ progress bars

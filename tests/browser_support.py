@@ -41,9 +41,10 @@ def free_port() -> int:
 class Daphne:
     """The console's ASGI app served by daphne, as in production."""
 
-    def __init__(self, tmp_path: Path, port: int | None = None):
+    def __init__(self, tmp_path: Path, port: int | None = None, **env):
         self.port = port or free_port()
         self.log_path = tmp_path / f"daphne-{self.port}.log"
+        self.env = {k: str(v) for k, v in env.items()}
         self.start()
 
     @property
@@ -57,7 +58,9 @@ class Daphne:
              "console.asgi:application"],
             cwd=ROOT,
             # SITE_URL is the page's origin, which the console's websockets require.
-            env=subprocess_env(BASE_DOMAIN=f"localhost:{self.port}", SITE_URL=self.url),
+            env=subprocess_env(
+                **{"BASE_DOMAIN": f"localhost:{self.port}", "SITE_URL": self.url, **self.env}
+            ),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -159,21 +162,27 @@ def chromium():
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+def sign_in(chromium, base_url: str, user, *, password=None, viewport=None):
+    """A fresh browser context signed in as ``user`` at ``base_url``, and its page."""
+    context = chromium.new_context(viewport=viewport or {"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(base_url + "/accounts/login/")
+    page.fill("input[name=username]", user.username)
+    page.fill("input[name=password]", password or "pw-" + user.username * 2)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "/accounts/login/" not in url)
+    return context, page
+
+
 @pytest.fixture
 def open_page(chromium, console, request):
     """open_page(user, path) -> a signed-in page in a fresh browser context."""
     contexts = []
 
     def open_(user, path="/", *, password=None, viewport=None):
-        context = chromium.new_context(viewport=viewport or {"width": 1280, "height": 900})
+        context, page = sign_in(chromium, console.url, user, password=password, viewport=viewport)
         contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.goto(console.url + "/accounts/login/")
-        page.fill("input[name=username]", user.username)
-        page.fill("input[name=password]", password or "pw-" + user.username * 2)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(lambda url: "/accounts/login/" not in url)
         if path != "/":
             page.goto(console.url + path)
         return page

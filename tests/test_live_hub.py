@@ -8,9 +8,10 @@ from channels.db import database_sync_to_async
 from django.db import connection, transaction
 from django.test import Client
 
+from console.fragments import Region
 from console.live import hub as hub_module
 from console.live.access import Grant
-from console.live.hub import Hub
+from console.live.hub import Hub, Part
 from provisioning import actions
 from provisioning.audit import announce, record_event
 
@@ -37,12 +38,14 @@ class FakeSubscriber:
         self.delivered: list[str] = []
         self.got = asyncio.Event()
 
-    def parts(self):
-        return [(self.key, self._render)]
+    needs_full = False
 
-    def _render(self) -> str:
+    def parts(self):
+        return [Part(self.key, frozenset(self.topics), self._render)]
+
+    def _render(self) -> list[Region]:
         self.renders += 1
-        return f"<div id='x'>{self.renders}</div>"
+        return [Region("x", f"<div id='x'>{self.renders}</div>")]
 
     async def deliver(self, html: str) -> None:
         self.delivered.append(html)
@@ -182,3 +185,37 @@ async def test_the_first_socket_is_rendered_again_once_the_listener_listens(gran
         assert first.renders == 1
     finally:
         await hub.stop()
+
+
+async def test_the_first_notification_renders_at_once_and_the_rest_coalesce(grant, monkeypatch):
+    monkeypatch.setattr(hub_module, "COALESCE_SECONDS", 1.5)
+    subscriber = FakeSubscriber({"tenants"}, grant)
+    async with running_hub(subscriber):
+        await notify(["tenants"])
+        await wait_delivery(subscriber, timeout=1.0)  # at once, not after the window
+        await notify(["tenants"])
+        await notify(["tenants"])
+        with pytest.raises(asyncio.TimeoutError):
+            await wait_delivery(subscriber, timeout=0.5)  # held behind the first
+        await wait_delivery(subscriber, timeout=3)
+        assert subscriber.renders == 2  # the two later ones: one render
+
+
+async def test_every_socket_hears_a_heartbeat_that_renders_nothing(grant, settings):
+    settings.LIVE_HEARTBEAT_SECONDS = 0.2
+    subscriber = FakeSubscriber({"tenant-3"}, grant)
+    async with running_hub(subscriber):
+        await wait_delivery(subscriber, timeout=5)
+        assert subscriber.delivered == [hub_module.HEARTBEAT]
+        assert subscriber.renders == 0
+
+
+async def test_a_notification_with_other_keys_is_read_and_a_bad_one_ignored(grant):
+    subscriber = FakeSubscriber({"tenant-7"}, grant)
+    async with running_hub(subscriber) as hub:
+        hub._on_notify('{"topics": ["tenant-7"], "seq": 5, "kind": "step", "extra": [1]}')
+        await wait_delivery(subscriber)
+        for bad in ("not json", "[1, 2]", '{"topics": 7}', "null"):
+            hub._on_notify(bad)
+        await asyncio.sleep(0.3)
+        assert subscriber.renders == 1

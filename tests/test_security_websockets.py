@@ -21,7 +21,7 @@ from django.test.utils import CaptureQueriesContext
 from console.live import access
 from console.live import hub as hub_module
 from console.live.hub import get_hub, stop_hub
-from provisioning.audit import announce
+from provisioning.audit import announce, record_event
 from tests.test_consumers import assert_signed_out, communicator, make_tenant, open_detail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -238,8 +238,14 @@ async def test_a_socket_whose_session_holds_keeps_getting_pushes(signed_in):
     tenant = await make_tenant()
     ws, _ = await settled(tenant, cookie_of(signed_in))
     await asyncio.sleep(access.CHECK_SECONDS)  # so the push checks again, and passes
-    await push(tenant)
-    assert "Validate request" in await ws.receive_from(timeout=5)
+
+    @database_sync_to_async
+    def change():
+        with transaction.atomic():
+            record_event("tenant.provisioning.reset", tenant=tenant, details={"attempt": 1})
+
+    await change()
+    assert "Attempt 1 reset" in await ws.receive_from(timeout=5)  # what changed: the event
     await ws.disconnect()
 
 

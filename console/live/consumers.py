@@ -13,15 +13,16 @@ open a socket at all, by ``console.ws_security`` in front of these.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils.html import escape
 
+from console import fragments
+from console.fragments import Page, full
 from console.live import access
-from console.live.hub import get_hub
+from console.live.hub import Part, get_hub
 
 MAX_FRAME = 4096
 REJECT_NOT_FOUND = 4404
@@ -40,6 +41,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     topics: set[str]
     grant: access.Grant
     revoked = False
+    needs_full = False
 
     async def connect(self) -> None:
         session = self.scope.get("session")
@@ -60,8 +62,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         hub = get_hub()
         hub.gate.note(self.grant)
         since = hub.notified
-        await self.deliver(await database_sync_to_async(self.render)())
-        hub.join(self, since)
+        shown = await database_sync_to_async(self.render_parts)()
+        await self.deliver("".join(full(page) for page in shown.values()))
+        hub.join(self, since, shown)
         self.hub = hub
 
     async def disconnect(self, code) -> None:
@@ -90,7 +93,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         if isinstance(message, dict) and message.get("action") == "refresh":
             if await self.hub.admit([self]):
-                await self.deliver(await database_sync_to_async(self.render)())
+                shown = await database_sync_to_async(self.render_parts)()
+                await self.deliver("".join(full(page) for page in shown.values()))
             return
         await self.send(text_data=error_frame("Unknown request; nothing was done."))
 
@@ -105,11 +109,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def setup(self) -> bool:
         raise NotImplementedError
 
-    def parts(self) -> list[tuple[tuple, Callable[[], str]]]:
+    def parts(self) -> list[Part]:
         raise NotImplementedError
 
-    def render(self) -> str:
-        return "".join(render() for _key, render in self.parts())
+    def render_parts(self) -> dict[tuple, Page]:
+        """Every part's whole page, by render key (the full state)."""
+        return {part.key: part.render() for part in self.parts()}
 
 
 class TenantDetailConsumer(LiveConsumer):
@@ -119,17 +124,19 @@ class TenantDetailConsumer(LiveConsumer):
         if self.tenant_id is None:
             return False
         self.topics = {f"tenant-{self.tenant_id}"}
+        self._parts = [
+            Part(("detail", self.tenant_id, self.role), frozenset(self.topics), self._detail)
+        ]
         return True
 
     def parts(self):
-        return [(("detail", self.tenant_id, self.role), self._detail)]
+        return self._parts
 
-    def _detail(self) -> str:
-        from console.fragments import detail_fragments
+    def _detail(self) -> Page:
         from tenants.models import Tenant
 
         tenant = Tenant.objects.select_related("plan").get(pk=self.tenant_id)
-        return detail_fragments(tenant, role=self.role)
+        return fragments.detail_page(tenant, role=self.role)[1]
 
 
 def _tenant_id(slug: str) -> int | None:
@@ -145,24 +152,25 @@ class TenantListConsumer(LiveConsumer):
 
         self.filters = list_filters(self.query())
         # The user's own topic carries banner dismissals from their other tabs.
-        self.topics = {"tenants", f"user-{self.user.pk}"}
+        user_topic = f"user-{self.user.pk}"
+        self.topics = {"tenants", user_topic}
+        filters = tuple(sorted(self.filters.items()))
+        self._parts = [
+            Part(("list", self.role, filters), frozenset({"tenants"}), self._list),
+            # The banner is the user's own: a failure reaches it with "tenants", a
+            # dismissal in another tab with the user's topic.
+            Part(("banner", self.user.pk), frozenset(self.topics), self._banner),
+        ]
         return True
 
     def parts(self):
-        return [
-            (("list", self.role, tuple(sorted(self.filters.items()))), self._list),
-            (("banner", self.user.pk), self._banner),  # the banner is the user's own
-        ]
+        return self._parts
 
-    def _list(self) -> str:
-        from console.fragments import list_fragments
+    def _list(self) -> Page:
+        return fragments.list_page(role=self.role, **self.filters)[1]
 
-        return list_fragments(role=self.role, **self.filters)
-
-    def _banner(self) -> str:
-        from console.fragments import banner_fragment
-
-        return banner_fragment(self.user)
+    def _banner(self) -> Page:
+        return fragments.banner_page(self.user)
 
 
 class AuditConsumer(LiveConsumer):
@@ -171,12 +179,12 @@ class AuditConsumer(LiveConsumer):
 
         self.filters = audit_filters(self.query())
         self.topics = {"audit"}
+        key = ("audit", tuple(sorted(self.filters.items())))
+        self._parts = [Part(key, frozenset(self.topics), self._audit)]
         return True
 
     def parts(self):
-        return [(("audit", tuple(sorted(self.filters.items()))), self._audit)]
+        return self._parts
 
-    def _audit(self) -> str:
-        from console.fragments import audit_fragments
-
-        return audit_fragments(**self.filters)
+    def _audit(self) -> Page:
+        return fragments.audit_page(**self.filters)[1]

@@ -2,18 +2,31 @@
 
 The database is the source of truth; a notification only says which topics
 changed. The hub keeps a registry of connected consumers by topic. When topics
-change it renders each affected view once per distinct render key (page kind,
-tenant, role, filters) and sends the same HTML to every consumer that shares
-the key, as htmx out-of-band swaps.
+change it renders each affected part (page kind, tenant, role, filters: its
+render key) once for the whole process, compares it with what it last sent
+for that key, and sends every socket that shows it only the regions and list
+items whose HTML changed (``console.fragments.changes``), as htmx
+out-of-band swaps. A socket gets the full page on connect, on its "refresh"
+frame, after it joined behind a change it may have missed, and after the
+listener reconnects.
+
+The first notification of a burst renders at once; those that arrive while
+it renders, or within ``COALESCE_SECONDS`` of its start, are rendered
+together right after it.
 
 Before anything is rendered for a socket, the hub's gate asks whether the
 socket's session still signs in its user with its role (``access``), and
 closes those where it does not.
 
+Every ``LIVE_HEARTBEAT_SECONDS`` each socket gets ``HEARTBEAT``, a comment
+that swaps nothing: a page that hears nothing for two intervals knows its
+socket was silently cut (a proxy that stopped forwarding) and reconnects.
+
 Two safety nets keep tabs converging on the database even when a
-notification is lost: when the listener reconnects it refreshes every
-subscriber (notifications in the gap are gone), and while any run is in
-flight a resync every few seconds refreshes the topics it touches.
+notification is lost: when the listener reconnects it sends every subscriber
+its full page (notifications in the gap are gone), and while any run is in
+flight a resync every few seconds renders the topics it touches again (and
+sends what changed, such as a step that has become "stalled?").
 """
 
 from __future__ import annotations
@@ -24,28 +37,42 @@ import logging
 import weakref
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import psycopg
 from channels.db import database_sync_to_async
+from django.conf import settings
 
+from console.fragments import Changes, Page, changes, full
 from console.live.access import Gate, Grant
 from provisioning.audit import CHANNEL
 from provisioning.pgconn import conninfo
 
 log = logging.getLogger("console.live")
 
-FLUSH_DELAY = 0.03  # seconds to gather a burst of notifications into one render
+COALESCE_SECONDS = 0.02  # after a flush starts, later notifications wait this long at most
 RESYNC_SECONDS = 2.0
+# A frame that swaps nothing: the page only notes that its socket still carries frames.
+HEARTBEAT = "<!-- live -->"
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of what a socket shows: equal keys render equal pages, for the same topics."""
+
+    key: tuple
+    topics: frozenset[str]
+    render: Callable[[], Page]
 
 
 class Subscriber(Protocol):
     topics: set[str]
     grant: Grant
+    needs_full: bool  # set by the hub: the next push is the whole page
 
-    def parts(self) -> list[tuple[tuple, Callable[[], str]]]:
-        """(render key, sync render function) pairs; equal keys render equal HTML."""
+    def parts(self) -> list[Part]: ...
 
     async def deliver(self, html: str) -> None: ...
 
@@ -61,6 +88,7 @@ def _db_call(fn, *args):
 class Hub:
     def __init__(self) -> None:
         self.subscribers: dict[str, set[Subscriber]] = defaultdict(set)
+        self.members: set[Subscriber] = set()
         self.dirty: set[str] = set()
         self.seqs: set[int] = set()
         self.wake = asyncio.Event()
@@ -70,34 +98,57 @@ class Hub:
         self.notified = 0  # notifications received, whoever they were for
         self.joined_unheard: set[str] = set()  # topics joined while not listening
         self.gate = Gate()
+        # What each render key's sockets were last sent, and how many sockets show it.
+        self.sent: dict[tuple, Page] = {}
+        self.key_refs: dict[tuple, int] = defaultdict(int)
 
     # -- registry ---------------------------------------------------------
     def add(self, subscriber: Subscriber) -> None:
+        if subscriber not in self.members:
+            self.members.add(subscriber)
+            for part in subscriber.parts():
+                self.key_refs[part.key] += 1
         for topic in subscriber.topics:
             self.subscribers[topic].add(subscriber)
         self._ensure_running()
 
-    def join(self, subscriber: Subscriber, since: int) -> None:
-        """Add a subscriber that has just been sent its state, rendered after ``since``.
+    def join(
+        self, subscriber: Subscriber, since: int, shown: dict[tuple, Page] | None = None
+    ) -> None:
+        """Add a subscriber that has just been sent ``shown`` (by key), rendered after ``since``.
 
         A notification that arrived between ``since`` (``self.notified`` read
         before that render) and now was not for this subscriber yet, and its
-        change may have missed the render: render it again, or the page could
-        stay behind with no later change to bring it up to date.
+        change may have missed the render: its next push is the full page, or
+        it could stay behind with no later change to bring it up to date.
+        Otherwise what it was sent is what its key's sockets are known to
+        show, unless the key already has a record.
         """
         self.add(subscriber)
         if not self.connected.is_set():
             # Not listening yet (the first socket starts the listener): what
-            # commits before LISTEN is unheard, so render again once it listens.
+            # commits before LISTEN is unheard, so send it all once it listens.
+            subscriber.needs_full = True
             self.joined_unheard |= subscriber.topics
         elif self.notified != since:
+            subscriber.needs_full = True
             self.mark(subscriber.topics)
+        else:
+            for key, page in (shown or {}).items():
+                self.sent.setdefault(key, page)
 
     def remove(self, subscriber: Subscriber) -> None:
         for topic in subscriber.topics:
             self.subscribers[topic].discard(subscriber)
             if not self.subscribers[topic]:
                 del self.subscribers[topic]
+        if subscriber in self.members:
+            self.members.discard(subscriber)
+            for part in subscriber.parts():
+                self.key_refs[part.key] -= 1
+                if self.key_refs[part.key] <= 0:
+                    del self.key_refs[part.key]
+                    self.sent.pop(part.key, None)
 
     async def admit(self, subscribers) -> list[Subscriber]:
         """Those of ``subscribers`` that may still be sent to; the rest are revoked and dropped."""
@@ -127,6 +178,7 @@ class Hub:
             asyncio.ensure_future(self._listen()),
             asyncio.ensure_future(self._flush_loop()),
             asyncio.ensure_future(self._resync_loop()),
+            asyncio.ensure_future(self._heartbeat_loop()),
         ]
 
     async def stop(self) -> None:
@@ -145,7 +197,9 @@ class Hub:
                     self.listener_generation += 1
                     self.connected.set()
                     if self.listener_generation > 1:
-                        # Notifications sent while we were away are lost: refresh all.
+                        # Notifications sent while we were away are lost: every
+                        # socket gets its full page (nothing is known to be shown).
+                        self.sent.clear()
                         self.mark(list(self.subscribers))
                     elif self.joined_unheard:
                         self.mark(self.joined_unheard)
@@ -162,27 +216,33 @@ class Hub:
                 delay = min(BACKOFF_MAX, delay * 2)
 
     def _on_notify(self, payload: str) -> None:
+        """``{"topics": [...], "seq": n}``; other keys are ignored, a bad payload is logged."""
         self.notified += 1
         try:
             data = json.loads(payload)
             topics = [str(t) for t in data.get("topics", [])]
             seq = data.get("seq")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError):
             log.warning("ignoring a malformed notification: %.200r", payload)
             return
         self.mark(topics, seq if isinstance(seq, int) else None)
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
-            await asyncio.sleep(FLUSH_DELAY)  # gather the rest of the burst
             self.wake.clear()
             topics, self.dirty = self.dirty, set()
             seqs, self.seqs = self.seqs, set()
+            started = loop.time()
             try:
                 await self.flush(topics, seqs)
             except Exception:
                 log.exception("live flush failed for %s", sorted(topics))
+            # The rest of a burst gathers behind this flush: rendered together next.
+            rest = COALESCE_SECONDS - (loop.time() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)
 
     async def flush(self, topics: set[str], seqs: set[int] = frozenset()) -> None:
         candidates: set[Subscriber] = set()
@@ -192,17 +252,40 @@ class Hub:
         if not targets:
             return
         toasts = await _db_call(_toasts_for, sorted(seqs)) if seqs else {}
-        # Each distinct part (page kind, tenant, role, filters) renders once
-        # for the whole process, however many sockets show it.
-        rendered: dict[tuple, str] = {}
+        # Each distinct part renders once for the whole process, however many
+        # sockets show it, and is compared once with what its sockets were sent.
+        rendered: dict[tuple, tuple[Page, Changes]] = {}
         for subscriber in targets:
-            html = []
-            for key, render in subscriber.parts():
-                if key not in rendered:
-                    rendered[key] = await _db_call(render)
-                html.append(rendered[key])
-            html.extend(toasts.get(topic, "") for topic in subscriber.topics)
-            await subscriber.deliver("".join(html))
+            flow, tables = [], []
+            for part in subscriber.parts():
+                if not subscriber.needs_full and not part.topics & topics:
+                    continue
+                if part.key not in rendered:
+                    page = await _db_call(part.render)
+                    rendered[part.key] = (page, changes(self.sent.get(part.key), page))
+                    if part.key in self.key_refs:
+                        self.sent[part.key] = page
+                page, delta = rendered[part.key]
+                if subscriber.needs_full:
+                    flow.append(full(page))
+                else:
+                    flow.append(delta.flow)
+                    tables.extend(delta.table_frames)
+            subscriber.needs_full = False
+            flow.extend(toasts.get(topic, "") for topic in subscriber.topics)
+            for frame in ("".join(flow), *tables):
+                if frame:
+                    await subscriber.deliver(frame)
+
+    async def _heartbeat_loop(self) -> None:
+        """A proxy can stop forwarding a socket without closing it; the page notices the silence."""
+        while True:
+            await asyncio.sleep(settings.LIVE_HEARTBEAT_SECONDS)
+            for subscriber in list(self.members):
+                try:
+                    await subscriber.deliver(HEARTBEAT)
+                except Exception:  # a socket closing meanwhile; its disconnect removes it
+                    log.debug("heartbeat to a closing socket failed", exc_info=True)
 
     async def _resync_loop(self) -> None:
         while True:

@@ -6,6 +6,7 @@ from django.db.models import Q
 
 from console.presenters.health import health_of
 from console.presenters.runs import Snapshot, progress_view, step_summary
+from provisioning import reconcile
 from provisioning.failures import recent_failures
 from provisioning.models import ProvisioningRun, StepRun
 from tenants.filters import ALL
@@ -59,3 +60,8 @@ def tenant_rows(*, state: str = "", q: str = "") -> dict:
             }
         )
     return {"rows": rows, "total": total, "shown": len(rows), "state": state, "q": q}
+
+
+def drift_context() -> dict:
+    """The drift banner: what the reconcile schedule found last (stored, not checked here)."""
+    return {"drift": reconcile.banner_context()["drift"]}

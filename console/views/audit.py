@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from console.presenters.audit import audit_context
+from console import fragments
 from tenants.access import role_of
 from tenants.filters import audit_filters, audit_query
 
@@ -27,8 +27,10 @@ AUDIT_PREFIXES = [
 def audit_feed(request: HttpRequest) -> HttpResponse:
     filters = audit_filters(request.GET)
     query = audit_query(filters)
+    context, regions = fragments.audit_page(**filters)
     context = {
-        **audit_context(**filters),
+        **context,
+        "regions": fragments.as_context(regions),
         "filters": filters,
         "nav": "audit",
         "role": role_of(request.user),

@@ -1,7 +1,8 @@
 """The tenants pages: list, create, detail, and the action endpoints (and the banner's dismiss).
 
 Each view parses input, calls one action, and renders; the pages and the
-htmx responses render the same partials the websocket layer pushes.
+htmx responses render the same regions (``console.fragments``) the websocket
+layer pushes.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from console import fragments
 from console.forms import ActionForm, DecommissionForm, RepairForm, RetryForm, TenantForm
-from console.presenters.detail import detail_context
-from console.presenters.tenant_list import banner_context, tenant_rows
 from provisioning import actions, diagnostics, dryrun
 from provisioning.failures import dismiss_failure
 from provisioning.models import ProvisioningRun
@@ -33,10 +32,12 @@ from tenants.models import Tenant
 def tenant_list(request: HttpRequest) -> HttpResponse:
     filters = list_filters(request.GET)
     query = list_query(filters)
+    role = role_of(request.user)
+    context, regions = fragments.list_page(role=role, **filters)
     context = {
-        **tenant_rows(**filters),
-        **banner_context(request.user),
-        "role": role_of(request.user),
+        **context,
+        "regions": fragments.as_context([*regions, *fragments.banner_page(request.user)]),
+        "role": role,
         "nav": "tenants",
         "filters": filters,
         "states": Tenant.State.choices,
@@ -91,8 +92,10 @@ def tenant_diagnostics(request: HttpRequest, slug: str) -> JsonResponse:
 @require_GET
 def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_tenant_for_user(request, slug)
-    context = detail_context(tenant, role_of(request.user))
-    context.update(nav="tenants", ws_url=f"/ws/tenants/{tenant.slug}/")
+    context, regions = fragments.detail_page(tenant, role=role_of(request.user))
+    context.update(
+        regions=fragments.as_context(regions), nav="tenants", ws_url=f"/ws/tenants/{tenant.slug}/"
+    )
     return render(request, "tenants/detail.html", context)
 
 
