@@ -132,8 +132,9 @@ def test_a_page_whose_socket_a_proxy_silently_stops_reconnects_and_catches_up(
 
 
 def test_tabs_on_two_daphne_processes_see_each_others_actions(chromium, operator, plans, tmp_path):
-    first = Daphne(tmp_path)
-    second = Daphne(tmp_path)
+    # Two processes of one installation: the same settings, each on its own port.
+    first = Daphne(tmp_path, BASE_DOMAIN="console.test")
+    second = Daphne(tmp_path, BASE_DOMAIN="console.test")
     contexts = []
     try:
         new_tenant("twin", user=operator)
