@@ -8,8 +8,8 @@ For each N it sets up a world and takes it down again:
   (default: $DATABASE_URL, else the embedded PostgreSQL under var/pgdata),
   migrated in this process, with the no-op step set (``BENCHMARK=1``,
   ``PROVISIONING_STEP_SET=noop``: the engine's own bookkeeping, no Docker);
-- one daphne (``console.asgi``) and a real ``manage.py qcluster`` (ORM broker,
-  2 workers) on it;
+- one daphne (``console.asgi``, ``DEBUG=0`` as in production) and a real
+  ``manage.py qcluster`` (ORM broker, 2 workers) on it;
 - an operator's session, and N websocket clients (the ``websockets`` library)
   on one tenant's detail page.
 
@@ -40,6 +40,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -57,6 +58,7 @@ import time_to_active as tta  # noqa: E402  (the scratch-database helpers)
 from engine import tree_rss_mb  # noqa: E402
 
 EVENT_ID = re.compile(rb'id="event-(\d+)"')
+CONNECT_BATCH = 50
 
 
 def log(message: str) -> None:
@@ -99,6 +101,21 @@ class World:
             "SITE_URL": self.url,
             "Q_WORKERS": "2",
             "DATABASE_URL": tta.with_database(self.server, self.name),
+            "SECRET_KEY": secrets.token_urlsafe(40),  # sessions are checked by every process
+        }
+        # daphne as in production (DEBUG=0): it runs no step, so it needs no
+        # benchmark step set; plain HTTP on loopback.
+        self.daphne_env = {
+            **self.env,
+            "DEBUG": "0",
+            "BENCHMARK": "0",
+            "PROVISIONING_STEP_SET": "real",
+            "SECURE_SSL_REDIRECT": "0",
+            "SESSION_COOKIE_SECURE": "0",
+            "CSRF_COOKIE_SECURE": "0",
+            "SECURE_HSTS_SECONDS": "0",
+            # --logs: the hub's timing of each push (render, sends) in daphne.log.
+            "LOG_LEVEL": "DEBUG" if args.logs else "WARNING",
         }
         self.procs: list[subprocess.Popen] = []
 
@@ -110,12 +127,13 @@ class World:
 
         call_command("migrate", verbosity=0, interactive=False)
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | self.env
+        daphne_env = env | self.daphne_env
         daphne_log = open(self.tmp / "daphne.log", "w")  # noqa: SIM115
         self.daphne = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
             + ["console.asgi:application"],
             cwd=ROOT,
-            env=env,
+            env=daphne_env,
             stdout=daphne_log,
             stderr=subprocess.STDOUT,
         )
@@ -155,6 +173,10 @@ class World:
                 proc.kill()
         from django.db import connections
 
+        if self.args.logs:
+            self.args.logs.mkdir(parents=True, exist_ok=True)
+            for name in ("daphne.log", "cluster.log"):
+                shutil.copy(self.tmp / name, self.args.logs / name)
         connections.close_all()
         if not self.args.keep_db:
             tta.drop_database(self.server, self.name)
@@ -263,13 +285,13 @@ async def one_round(world: World, cookie: str, n: int, round_no: int, out: dict)
     sampler = asyncio.ensure_future(sample_rss(world.daphne.pid, peak, stop))
     started = time.monotonic()
     watchers = []
-    for i in range(n):  # a few at a time, as browsers arriving
-        watchers.append(
-            asyncio.ensure_future(watch(ws_url, cookie, world.url, frames[i], readies[i]))
-        )
-        if i % 50 == 49:
-            await asyncio.sleep(0.05)
-    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), timeout=wait_s + 60)
+    for first in range(0, n, CONNECT_BATCH):  # a batch at a time, as browsers arriving
+        batch = range(first, min(n, first + CONNECT_BATCH))
+        for i in batch:
+            watchers.append(
+                asyncio.ensure_future(watch(ws_url, cookie, world.url, frames[i], readies[i]))
+            )
+        await asyncio.wait_for(asyncio.gather(*(readies[i].wait() for i in batch)), timeout=60)
     connected_s = time.monotonic() - started
     measure_from = time.monotonic()
 
@@ -297,6 +319,7 @@ async def one_round(world: World, cookie: str, n: int, round_no: int, out: dict)
     await asyncio.gather(listener, sampler, return_exceptions=True)
 
     measured = {seq: t for seq, t in commits.items() if t >= measure_from}
+    per_event: dict[int, list[float]] = {seq: [] for seq in measured}
     for watcher in frames:
         seen: set[int] = set()
         for at, size, data, is_first in watcher:
@@ -311,8 +334,19 @@ async def one_round(world: World, cookie: str, n: int, round_no: int, out: dict)
                 if seq in measured and seq not in seen:
                     seen.add(seq)
                     out["latency_ms"].append((at - measured[seq]) * 1000)
+                    per_event[seq].append((at - measured[seq]) * 1000)
         out["missed"] += len(set(measured) - seen)
     out["events"] += len(measured)
+    if world.args.verbose:
+        for seq in sorted(per_event):
+            got = sorted(per_event[seq])
+            gap = (measured[seq] - measured.get(seq - 1, measured[seq])) * 1000
+            log(
+                f"    seq {seq}: +{gap:5.1f}ms after the previous; first {got[0]:6.1f}ms, "
+                f"median {statistics.median(got):6.1f}ms, last {got[-1]:6.1f}ms"
+                if got
+                else f"    seq {seq}: never arrived"
+            )
     out["connect_s"].append(connected_s)
     out["rss_mb"].extend(peak)
 
@@ -381,6 +415,10 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="sagas watched per N")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="copy daphne's and the cluster's logs here"
+    )
+    parser.add_argument("--verbose", action="store_true", help="print each event's latencies")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--chart", type=Path, default=None, help="write the PNG chart")
     args = parser.parse_args(argv)

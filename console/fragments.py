@@ -12,6 +12,8 @@ htmx through ``hx-headers`` on <body> instead).
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +24,6 @@ from django.utils.safestring import mark_safe
 from console.presenters.audit import audit_context
 from console.presenters.detail import detail_context
 from console.presenters.tenant_list import banner_context, drift_context, tenant_rows
-from provisioning.models import AuditEvent
 from tenants.filters import audit_filters, list_filters
 from tenants.models import Tenant
 
@@ -40,6 +41,8 @@ class Region:
     ``items`` are (id, HTML) pairs of the list inside it, in page order, each
     a substring of ``html``; ``container`` is the id of the element that holds
     them, and ``container_tag`` its tag, when new items arrive on top (events).
+    ``arrivals`` go out with a push in which their item is new, never with a
+    full page: a toast says "acme is active" to the tabs that saw it happen.
     """
 
     id: str
@@ -47,6 +50,8 @@ class Region:
     items: tuple[tuple[str, str], ...] = ()
     container: str = ""
     container_tag: str = ""
+    # Item id -> HTML sent once, with a push that brings that item (a toast).
+    arrivals: tuple[tuple[str, str], ...] = ()
 
     def frame(self) -> str:
         """The region without its items: equal frames mean only items changed."""
@@ -95,8 +100,12 @@ def changes(previous: Page | None, current: Page) -> Changes:
     before = {region.id: region for region in previous}
     flow: list[str] = []
     tables: list[str] = []
+    arrived: list[str] = []
     for region in current:
         old = before.get(region.id)
+        if old is not None and region.arrivals:
+            shown = {item_id for item_id, _ in old.items}
+            arrived += [html for item_id, html in region.arrivals if item_id not in shown]
         if old is None or not region.items or old.frame() != region.frame():
             if old is None or old.html != region.html:
                 flow.append(region.html)
@@ -107,7 +116,7 @@ def changes(previous: Page | None, current: Page) -> Changes:
             tables.extend(f for f in _item_changes(old, region) if f)
         else:
             flow.append("".join(_item_changes(old, region)))
-    return Changes("".join(flow), tuple(tables))
+    return Changes("".join(flow + arrived), tuple(tables))
 
 
 def _item_changes(old: Region, new: Region) -> tuple[str, str]:
@@ -150,13 +159,51 @@ def _list_region(
     *,
     container: str = "",
     container_tag: str = "",
+    cache_key=None,
 ) -> Region:
-    """Render each item once, then the region around the rendered items."""
-    rendered = tuple(
-        (item_id(item), _render(item_template, {**context, item_name: item})) for item in items
-    )
+    """Render each item once, then the region around the rendered items.
+
+    ``cache_key(item)``: items whose HTML never changes (audit events are
+    append-only) are rendered once per process and kept by that key.
+    """
+    rendered = []
+    for item in items:
+        key = cache_key(item) if cache_key else None
+        html = _ITEM_CACHE.get(key) if key else None
+        if html is None:
+            html = _render(item_template, {**context, item_name: item})
+            if key:
+                _ITEM_CACHE[key] = html
+                if len(_ITEM_CACHE) > ITEM_CACHE_SIZE:
+                    _ITEM_CACHE.popitem(last=False)
+        rendered.append((item_id(item), html))
     html = _render(template, {**context, "rendered_items": [mark_safe(h) for _, h in rendered]})
-    return Region(region_id, html, rendered, container, container_tag)
+    return Region(region_id, html, tuple(rendered), container, container_tag)
+
+
+# Rendered rows (audit events, step rows) by everything they show; oldest dropped first.
+ITEM_CACHE_SIZE = 5000
+_ITEM_CACHE: OrderedDict[tuple, str] = OrderedDict()
+
+
+def _step_row_key(row) -> tuple:
+    """Everything a step row shows (its log lines are append-only, so their ids stand for them)."""
+    values = tuple(
+        getattr(row, f.name)
+        for f in dataclasses.fields(row)
+        if f.name not in ("step", "replicas", "log_lines")
+    )
+    replicas = tuple(tuple(sorted(replica.items())) for replica in row.replicas)
+    return ("step", row.step.pk, values, replicas, tuple(line.pk for line in row.log_lines))
+
+
+def _event_key(template: str):
+    def key(event: dict) -> tuple:
+        tenant = event["tenant"]
+        return (template, event["seq"], event["type"], event["created_at"], event["actor"],
+                event["summary"], tenant.slug if tenant else "")  # fmt: skip
+
+    return key
 
 
 # ---------------------------------------------------------------- detail page
@@ -184,6 +231,7 @@ def detail_page(tenant: Tenant, *, role: str) -> tuple[dict, list[Region]]:
             context["steps"],
             context,
             "row",
+            cache_key=_step_row_key,
         )
     )
     regions.append(Region("actions", _render("provisioning/_actions.html", context)))
@@ -201,7 +249,17 @@ def detail_page(tenant: Tenant, *, role: str) -> tuple[dict, list[Region]]:
             "event",
             container="tenant-events-list",
             container_tag="ol",
+            cache_key=_event_key("detail"),
         )
+    )
+    events = regions[-1]
+    toasts = tuple(
+        (f"event-{event['seq']}", html)
+        for event in context["events"]
+        if (html := event_toast(event["type"], event["seq"], context["tenant"].slug))
+    )
+    regions[-1] = Region(
+        events.id, events.html, events.items, events.container, events.container_tag, toasts
     )
     return context, regions
 
@@ -263,6 +321,7 @@ def audit_page(*, type_prefix: str = "", tenant: str = "", page: int = 1) -> tup
         "event",
         container="audit-rows-body",
         container_tag="tbody",
+        cache_key=_event_key("audit"),
     )
     pagination = Region("audit-pagination", _render("audit/_audit_rows.html#pagination", context))
     return context, [rows, pagination]
@@ -282,24 +341,18 @@ def toast(level: str, text: str, *, link: str = "", key: str = "") -> str:
     )
 
 
-def toast_fragments(events: Iterable[AuditEvent]) -> str:
-    """Toasts for finished provisioning runs among ``events``; "" when there are none."""
-    html = []
-    for event in events:
-        level = TOAST_EVENTS.get(event.type)
-        if level is None or event.tenant_id is None:
-            continue
-        slug = event.tenant.slug
-        if event.type.endswith(".completed"):
-            text = f"{slug} is active"
-        elif event.type.endswith(".cancelled"):
-            text = f"Provisioning of {slug} was cancelled"
-        else:
-            text = f"Provisioning of {slug} failed"
-        html.append(
-            toast(level, text, link=reverse("tenant-detail", args=[slug]), key=f"event-{event.seq}")
-        )
-    return "".join(html)
+def event_toast(event_type: str, seq: int, slug: str) -> str:
+    """The toast for a finished provisioning run's event; "" for other events."""
+    level = TOAST_EVENTS.get(event_type)
+    if level is None:
+        return ""
+    if event_type.endswith(".completed"):
+        text = f"{slug} is active"
+    elif event_type.endswith(".cancelled"):
+        text = f"Provisioning of {slug} was cancelled"
+    else:
+        text = f"Provisioning of {slug} failed"
+    return toast(level, text, link=reverse("tenant-detail", args=[slug]), key=f"event-{seq}")
 
 
 def as_context(regions: Iterable[Region]) -> dict:

@@ -338,14 +338,19 @@ def repair_tenant(tenant: Tenant, *, user=None, reason: str = "", source: str = 
     return outcome
 
 
-def allowed_actions(tenant: Tenant) -> dict[str, tuple[bool, str]]:
+_READ_IT = object()  # allowed_actions reads the latest run itself
+
+
+def allowed_actions(tenant: Tenant, run=_READ_IT) -> dict[str, tuple[bool, str]]:
     """Which operations the tenant's state allows now, each with why not.
 
     The same predicates the actions raise from, so the console offers exactly
     what an action accepts. Retry is asked as the dialog sends it: past the
     failed-attempts limit the dialog asks to confirm (``needs_force``).
+    ``run``: the tenant's latest run, when the caller has just read it.
     """
-    run = latest_run(tenant)
+    if run is _READ_IT:
+        run = latest_run(tenant)
     provision = (
         run if run is None or run.kind == Kind.PROVISION else latest_run(tenant, Kind.PROVISION)
     )

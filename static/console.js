@@ -1,10 +1,12 @@
-/* Tenant console: the few things the server cannot render.
+/* Tenant console: the few things htmx and the server cannot do.
  *
- * The server renders every region and pushes it over the websocket (htmx's ws
- * extension swaps it in by id). This file only keeps the page pleasant between
- * pushes: the live indicator, elapsed times, a progress bar that moves inside
- * long steps and never goes backwards, dialogs, toasts, and the user's own
- * state (open log panels, an open dialog) across re-renders.
+ * The server renders every region and pushes what changed over the websocket;
+ * htmx's ws extension swaps it in by id and idiomorph morphs it into the page
+ * (so open log panels, an open dialog, typed text and scroll positions stay).
+ * This file keeps only: the live indicator and the silent-socket watchdog,
+ * the server's clock offset, elapsed times and a progress bar that eases
+ * inside long steps and never goes backwards, toasts' timers, and "Copy
+ * diagnostics".
  */
 (function () {
   "use strict";
@@ -211,144 +213,43 @@
     }
   }
 
-  // ------------------------------------------------------------ user state across swaps
-  var detailsOpen = Object.create(null); // id -> what the user chose
-  var logScroll = Object.create(null); // id -> {top, atBottom}
-  var lastHtml = Object.create(null); // region id -> last HTML received
-  var toastsSeen = Object.create(null);
-
-  document.addEventListener("click", function (evt) {
-    var summary = evt.target.closest("summary");
-    if (summary && summary.parentElement && summary.parentElement.id) {
-      detailsOpen[summary.parentElement.id] = !summary.parentElement.open;
-    }
-  });
-
-  function rememberScroll(root) {
-    var pres = root.querySelectorAll("details[id] pre");
-    for (var i = 0; i < pres.length; i++) {
-      var pre = pres[i];
-      logScroll[pre.parentElement.id] = {
-        top: pre.scrollTop,
-        atBottom: pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4,
-      };
-    }
+  // ------------------------------------------------------------ morphing
+  // What the user opened stays open when a region is morphed: the server's
+  // HTML never removes "open" from a log panel or a dialog (it may add it).
+  if (window.Idiomorph) {
+    Idiomorph.defaults.ignoreActiveValue = true;
+    Idiomorph.defaults.callbacks.beforeAttributeUpdated = function (name, node, change) {
+      return !(change === "remove" && name === "open");
+    };
   }
 
-  function restoreState(root) {
-    var details = root.querySelectorAll("details[id]");
-    for (var i = 0; i < details.length; i++) {
-      var d = details[i];
-      if (d.id in detailsOpen) d.open = detailsOpen[d.id];
-      var pre = d.querySelector("pre");
-      var saved = logScroll[d.id];
-      if (pre && saved) pre.scrollTop = saved.atBottom ? pre.scrollHeight : saved.top;
-    }
-  }
-
+  // An item inserted into a list (a new event on top, a toast) that the page
+  // already shows is not added twice: an action's own response and the push
+  // that announces it can both bring it. Swaps by id (a Document fragment)
+  // replace, so they need nothing.
   document.addEventListener("htmx:oobBeforeSwap", function (evt) {
-    var detail = evt.detail;
-    var target = detail.target;
-    if (!target || !target.id) return;
-    if (target.id === "toasts") {
-      // The same toast can arrive twice (a reconnect replays it): show it once.
-      var fragment = detail.fragment;
-      var toasts = fragment && fragment.querySelectorAll ? fragment.querySelectorAll(".toast[id]") : [];
-      for (var i = 0; i < toasts.length; i++) {
-        if (toastsSeen[toasts[i].id]) toasts[i].remove();
-        else toastsSeen[toasts[i].id] = true;
-      }
-      return;
-    }
-    var incoming = detail.fragment && (detail.fragment.firstElementChild || detail.fragment);
-    var html = incoming && incoming.outerHTML;
-    if (html && lastHtml[target.id] === html) {
-      // Nothing changed here: keep the element, and with it an open dialog,
-      // a half-typed reason, focus and scroll positions.
-      detail.shouldSwap = false;
-      return;
-    }
-    if (html) lastHtml[target.id] = html;
-    rememberScroll(target);
+    var fragment = evt.detail.fragment;
+    if (!fragment || fragment instanceof DocumentFragment || !fragment.children) return;
+    Array.prototype.slice.call(fragment.children).forEach(function (item) {
+      if (item.id && document.getElementById(item.id)) item.remove();
+    });
   });
 
-  // ------------------------------------------------------------ dialogs, forms
+  // ------------------------------------------------------------ forms
   document.addEventListener("click", function (evt) {
-    var opener = evt.target.closest("[data-open-dialog]");
-    if (opener) {
-      var dialog = document.getElementById(opener.getAttribute("data-open-dialog"));
-      if (dialog && typeof dialog.showModal === "function" && !dialog.open) {
-        var form = dialog.querySelector("form");
-        if (form) form.reset();
-        syncMustEqual(dialog);
-        dialog.showModal();
-      }
-      return;
-    }
-    var closer = evt.target.closest("[data-close-dialog]");
-    if (closer) {
-      var parent = closer.closest("dialog");
-      if (parent) parent.close();
-      return;
-    }
     var toastClose = evt.target.closest("[data-close-toast]");
     if (toastClose) dismissToast(toastClose.closest(".toast"));
   });
 
-  function syncMustEqual(root) {
-    var inputs = root.querySelectorAll("[data-must-equal]");
-    for (var i = 0; i < inputs.length; i++) {
-      var input = inputs[i];
-      var submit = input.form && input.form.querySelector("button[type='submit']");
-      if (submit) submit.disabled = input.value.trim() !== input.getAttribute("data-must-equal");
-    }
-  }
-
-  document.addEventListener("input", function (evt) {
-    if (evt.target.matches && evt.target.matches("[data-must-equal]")) {
-      syncMustEqual(evt.target.form || document);
-    }
+  // A form posted without htmx (sign-in, create): once clicked, once sent.
+  document.addEventListener("submit", function (evt) {
+    var form = evt.target;
+    if (!form.hasAttribute("data-once")) return;
+    setTimeout(function () {
+      var buttons = form.querySelectorAll("button[type='submit']");
+      for (var i = 0; i < buttons.length; i++) buttons[i].disabled = true;
+    }, 0); // after the browser has collected the form
   });
-
-  // A dialog's request is done: close it (the response's toast says how it went).
-  document.addEventListener("htmx:afterRequest", function (evt) {
-    var elt = evt.detail && evt.detail.elt;
-    var dialog = elt && elt.closest ? elt.closest("dialog") : null;
-    if (dialog && dialog.open) dialog.close();
-  });
-
-  function csrfToken() {
-    try {
-      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
-    } catch (e) {
-      return "";
-    }
-  }
-
-  document.addEventListener(
-    "submit",
-    function (evt) {
-      var form = evt.target;
-      if ((form.method || "").toLowerCase() !== "post") return;
-      // Fragments pushed over the websocket carry no CSRF field; a form that
-      // is posted without htmx takes the page's token here.
-      if (!form.querySelector("input[name='csrfmiddlewaretoken']")) {
-        var input = document.createElement("input");
-        input.type = "hidden";
-        input.name = "csrfmiddlewaretoken";
-        input.value = csrfToken();
-        form.appendChild(input);
-      }
-      if (form.hasAttribute("data-once")) {
-        // Disabled after the browser has collected the form: once clicked, once sent.
-        setTimeout(function () {
-          var buttons = form.querySelectorAll("button[type='submit']");
-          for (var i = 0; i < buttons.length; i++) buttons[i].disabled = true;
-        }, 0);
-      }
-    },
-    true
-  );
 
   // ------------------------------------------------------------ toasts
   function dismissToast(toast) {
@@ -364,7 +265,6 @@
       var toast = toasts[i];
       if (toast.dataset.armed) continue;
       toast.dataset.armed = "1";
-      if (toast.id) toastsSeen[toast.id] = true;
       (function (t) {
         var ms = +t.dataset.autodismiss || 6000;
         var timer = setTimeout(function () { dismissToast(t); }, ms);
@@ -378,27 +278,13 @@
     }
   }
 
-  function toast(level, text) {
+  // A toast of the page's own (a request that failed), from _toast.html's template.
+  function toast(text) {
     var box = document.getElementById("toasts");
-    if (!box) return;
-    var el = document.createElement("div");
-    el.className = "toast toast--" + level;
-    el.setAttribute("role", level === "error" ? "alert" : "status");
-    el.dataset.autodismiss = level === "error" ? "12000" : "6000";
-    var icon = document.createElement("span");
-    icon.className = "toast-icon";
-    icon.setAttribute("aria-hidden", "true");
-    icon.textContent = level === "error" ? "✕" : "i";
-    var p = document.createElement("p");
-    p.className = "toast-text";
-    p.textContent = text;
-    var close = document.createElement("button");
-    close.type = "button";
-    close.className = "toast-close";
-    close.setAttribute("data-close-toast", "");
-    close.setAttribute("aria-label", "Dismiss notification");
-    close.textContent = "×";
-    el.append(icon, p, close);
+    var template = document.getElementById("toast-template");
+    if (!box || !template) return;
+    var el = template.content.firstElementChild.cloneNode(true);
+    el.querySelector(".toast-text").textContent = text;
     box.appendChild(el);
     armToasts(el);
   }
@@ -411,10 +297,10 @@
         : status === 404
           ? "Not found: the tenant may be gone."
           : "The server could not do this (" + status + "). Reload and try again.";
-    toast("error", text);
+    toast(text);
   });
   document.addEventListener("htmx:sendError", function () {
-    toast("error", "The request did not reach the server. Check the connection and try again.");
+    toast("The request did not reach the server. Check the connection and try again.");
   });
 
   // ------------------------------------------------------------ diagnostics
@@ -477,7 +363,6 @@
   // ------------------------------------------------------------ wiring
   function onContent(root) {
     readClock(root);
-    restoreState(root);
     armToasts(root);
     updateBars();
     updateTimes();

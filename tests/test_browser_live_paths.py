@@ -16,9 +16,11 @@ import threading
 
 import pytest
 from django.db import transaction
+from django.utils.timezone import now
 from playwright.sync_api import expect
 
 from provisioning.audit import record_event
+from provisioning.models import StepLogLine
 from tenants.models import Tenant
 from tests.browser_support import Daphne, free_port, sign_in
 from tests.conftest import new_tenant
@@ -148,7 +150,7 @@ def test_tabs_on_two_daphne_processes_see_each_others_actions(chromium, operator
         for page in tabs:
             expect(page.locator(".badge--provisioning").first).to_be_visible()
         # Cancel in the tab served by the first process ...
-        tabs[0].locator("[data-open-dialog=dialog-cancel]").click()
+        tabs[0].get_by_role("button", name="Cancel provisioning").click()
         tabs[0].locator("#dialog-cancel textarea").fill("two processes")
         tabs[0].locator("#dialog-cancel button[type=submit]").click()
         # ... and the tab on the second process hears it from the database.
@@ -166,3 +168,28 @@ def test_tabs_on_two_daphne_processes_see_each_others_actions(chromium, operator
             context.close()
         first.stop()
         second.stop()
+
+
+def test_a_log_panel_the_user_opened_stays_open_when_its_step_changes(operator, open_page, plans):
+    """Pushes morph the page (idiomorph): what the user opened stays open."""
+    tenant = new_tenant("morph", user=operator)
+    run = tenant.runs.get()
+    step = run.steps.get(step_id="validate")
+    for n in range(40):
+        StepLogLine.objects.create(step=step, message=f"checking {n}")
+    with transaction.atomic():
+        record_event("tenant.provisioning.reset", tenant=tenant, details={"attempt": 1})
+    page = open_page(operator, "/tenants/morph/")
+    expect(page.locator("body")).to_have_attribute("data-live-synced", "true")
+    log = page.locator("#step-validate details.step-log")
+    log.locator("summary").click()
+    expect(log).to_have_attribute("open", "")
+    page.locator("#step-validate pre").evaluate("pre => { pre.scrollTop = 60; }")
+    # The step changes: its row is pushed again, without "open".
+    with transaction.atomic():
+        StepLogLine.objects.create(step=step, message="one more line")
+        run.steps.filter(pk=step.pk).update(status="running", attempts=1, started_at=now())
+        record_event("tenant.provisioning.step_started", tenant=tenant, details={"step": "x"})
+    expect(page.locator("#step-validate")).to_contain_text("one more line")
+    expect(log).to_have_attribute("open", "")
+    assert page.locator("#step-validate pre").evaluate("pre => pre.scrollTop") == 60

@@ -84,7 +84,7 @@ async def test_on_connect_the_detail_socket_sends_the_full_state(operator):
     connected, _ = await ws.connect()
     assert connected
     html = await ws.receive_from(timeout=5)
-    assert 'hx-swap-oob="true"' in html
+    assert 'hx-swap-oob="morph"' in html
     assert "acme" in html
     assert "Validate request" in html  # the timeline, all of it, not a diff
     await ws.disconnect()

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from console import fragments
 from provisioning.audit import record_event
-from provisioning.models import AuditEvent, StepRun
+from provisioning.models import StepRun
 from tests.views_support import activate, create, fail, start
 
 pytestmark = pytest.mark.django_db
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 def top_level_ids(html: str) -> list[str]:
     """Ids of the elements that carry hx-swap-oob (the ones htmx swaps by id)."""
-    return re.findall(r'<[a-z]+ id="([^"]+)"[^>]*hx-swap-oob="true"', html)
+    return re.findall(r'<[a-z]+ id="([^"]+)"[^>]*hx-swap-oob="morph"', html)
 
 
 def test_detail_fragments_carry_every_live_region(operator):
@@ -25,7 +25,7 @@ def test_detail_fragments_carry_every_live_region(operator):
     start(tenant)
     html = fragments.detail_fragments(tenant, role="operator")
     assert top_level_ids(html) == list(fragments.DETAIL_IDS)
-    assert 'data-open-dialog="dialog-cancel"' in html
+    assert 'commandfor="dialog-cancel" command="show-modal"' in html
     assert "csrfmiddlewaretoken" not in html  # no request here: CSRF comes from hx-headers
 
 
@@ -67,7 +67,7 @@ def test_list_fragments(operator):
 
 def test_banner_fragment_is_an_empty_placeholder_when_nothing_failed(operator):
     assert fragments.banner_fragment(operator).strip() == (
-        '<div id="failure-banner" hx-swap-oob="true"></div>'
+        '<div id="failure-banner" hx-swap-oob="morph"></div>'
     )
     fail(create(operator))
     html = fragments.banner_fragment(operator)
@@ -83,25 +83,36 @@ def test_audit_fragments(operator):
     assert 'id="audit-rows"' in fragments.audit_fragments(page=999)
 
 
-def test_toast_fragments_for_completed_failed_and_cancelled(operator):
-    activate(create(operator, "alpha"))
-    fail(create(operator, "bravo"))
-    fail(create(operator, "charlie"), cancelled=True)
-    events = list(AuditEvent.objects.order_by("seq"))
-    html = fragments.toast_fragments(events)
-    assert html.count('hx-swap-oob="beforeend:#toasts"') == 3
-    assert "alpha is active" in html and "toast--success" in html
-    assert "Provisioning of bravo failed" in html
-    assert "Provisioning of charlie was cancelled" in html
-    assert html.count("toast--warning") == 2
-    assert html.count('role="status"') == 3
-    assert 'id="toast-event-' in html  # so a replayed event shows one toast
+def test_a_push_that_brings_a_finished_runs_event_brings_its_toast(operator):
+    toasts = {}
+    for slug, finish, kwargs in (
+        ("alpha", activate, {}),
+        ("bravo", fail, {}),
+        ("charlie", fail, {"cancelled": True}),
+    ):
+        tenant = create(operator, slug)
+        _, before = fragments.detail_page(tenant, role="operator")
+        finish(tenant, **kwargs)
+        _, after = fragments.detail_page(tenant, role="operator")
+        toasts[slug] = fragments.changes(before, after).flow
+        # Not with the full page a socket gets on connect, nor twice.
+        assert 'id="toast-event-' not in fragments.full(after)
+        assert 'id="toast-event-' not in fragments.changes(after, after).flow
+    assert "alpha is active" in toasts["alpha"] and "toast--success" in toasts["alpha"]
+    assert "Provisioning of bravo failed" in toasts["bravo"] and "toast--warning" in toasts["bravo"]
+    assert "Provisioning of charlie was cancelled" in toasts["charlie"]
+    for html in toasts.values():
+        assert html.count('hx-swap-oob="beforeend:#toasts"') == 1
+        assert 'role="status"' in html and 'id="toast-event-' in html
 
 
-def test_toast_fragments_ignore_other_events(operator):
-    create(operator)
-    assert fragments.toast_fragments(list(AuditEvent.objects.all())) == ""
-    assert fragments.toast_fragments([]) == ""
+def test_other_events_bring_no_toast(operator):
+    tenant = create(operator)
+    _, before = fragments.detail_page(tenant, role="operator")
+    start(tenant)
+    record_event("tenant.provisioning.step_started", tenant=tenant, details={"step": "validate"})
+    _, after = fragments.detail_page(tenant, role="operator")
+    assert "toast" not in fragments.changes(before, after).flow
 
 
 # ---------------------------------------------------------------- pushes of what changed

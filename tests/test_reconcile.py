@@ -152,7 +152,7 @@ def test_the_schedule_stores_findings_and_the_list_page_shows_them(
     tenant = active_tenant
     reconcile.check(fix_orphans=True)  # start clean
     events_before = AuditEvent.objects.filter(type="reconcile.drift_found").count()
-    assert 'id="drift-banner" hx-swap-oob="true"></div>' in fragments.list_fragments(role="viewer")
+    assert 'id="drift-banner" hx-swap-oob="morph"></div>' in fragments.list_fragments(role="viewer")
 
     docker.client.containers.get(f"tpc-{tenant.key}-r1").stop(timeout=0)
     create_ghost_schema()
@@ -171,7 +171,7 @@ def test_the_schedule_stores_findings_and_the_list_page_shows_them(
 
     # The list page and its live push both carry the banner.
     pushed = fragments.list_fragments(role="viewer")
-    assert 'id="drift-banner" class="banner banner--warn" hx-swap-oob="true"' in pushed
+    assert 'id="drift-banner" class="banner banner--warn" hx-swap-oob="morph"' in pushed
     assert "Reconcile found 2 problems" in pushed and "manage.py reconcile --fix" in pushed
     client.force_login(operator)
     page = client.get("/").content.decode()

@@ -89,7 +89,7 @@ async def test_the_consoles_own_origins_connect(console_origins, signed_in, orig
     ws = communicator("/ws/tenants/", cookie_of(signed_in), origin=origin)
     connected, _ = await ws.connect()
     assert connected
-    assert 'hx-swap-oob="true"' in await ws.receive_from(timeout=5)  # the list's state
+    assert 'hx-swap-oob="morph"' in await ws.receive_from(timeout=5)  # the list's state
     await ws.disconnect()
 
 

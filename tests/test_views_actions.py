@@ -153,7 +153,7 @@ def test_an_htmx_action_answers_with_fresh_fragments_and_a_toast(client, operato
     response = post(client, operator, "cancel", htmx=True)
     assert response.status_code == 200
     html = response.content.decode()
-    assert 'id="actions" class="card actions-card" hx-swap-oob="true"' in html
+    assert 'id="actions" class="card actions-card" hx-swap-oob="morph"' in html
     assert 'id="timeline"' in html and 'id="step-line"' in html
     assert 'hx-swap-oob="beforeend:#toasts"' in html and "Cancel requested" in html
     # Cancel is now under way, so the button is disabled and says why.

@@ -152,7 +152,7 @@ def test_a_failed_steps_log_panel_opens_by_itself(client, operator):
 def test_an_operator_sees_only_the_actions_the_state_allows(client, operator):
     tenant = create(operator)
     html = detail(client, operator).content.decode()
-    assert 'data-open-dialog="dialog-cancel"' in html
+    assert 'commandfor="dialog-cancel" command="show-modal"' in html
     assert 'id="dialog-cancel"' in html
     # Decommission is shown disabled, saying why.
     assert "acme is provisioning: cancel it first, then decommission it" in html
@@ -162,7 +162,7 @@ def test_an_operator_sees_only_the_actions_the_state_allows(client, operator):
     for name in ("retry", "reset", "decommission"):
         assert f'id="dialog-{name}"' in html
     assert 'id="dialog-cancel"' not in html
-    assert 'data-must-equal="acme"' in html
+    assert 'required pattern="acme"' in html  # the typed slug must be acme
 
 
 def test_a_viewer_sees_no_actions(client, operator, viewer):

@@ -90,7 +90,9 @@ def test_dismissing_over_htmx_answers_with_the_empty_banner(client, operator):
     client.force_login(operator)
     url = reverse("dismiss-failure", args=[run.pk])
     response = client.post(url, headers={"HX-Request": "true"})
-    assert response.content.decode().strip() == '<div id="failure-banner" hx-swap-oob="true"></div>'
+    assert (
+        response.content.decode().strip() == '<div id="failure-banner" hx-swap-oob="morph"></div>'
+    )
 
 
 @pytest.mark.django_db

@@ -25,7 +25,7 @@ def test_rows_show_state_badges_and_the_current_step(client, operator):
     activate(create(operator, "charlie"))
     fail(create(operator, "delta"))
     html = get(client, operator).content.decode()
-    assert 'id="tenant-table"' in html and 'hx-swap-oob="true"' in html
+    assert 'id="tenant-table"' in html and 'hx-swap-oob="morph"' in html
     assert 'ws-connect="/ws/tenants/"' in html
     assert "Step 5/9 · Apply tenant schema" in html
     assert "All 9 steps done" in html
@@ -93,7 +93,7 @@ def test_the_banner_ignores_other_users_failures_and_cancels(client, operator, p
     fail(create(operator, "bravo"), cancelled=True)
     html = get(client, operator).content.decode()
     assert "Last attempt failed" not in html
-    assert '<div id="failure-banner" hx-swap-oob="true"></div>' in html
+    assert '<div id="failure-banner" hx-swap-oob="morph"></div>' in html
 
 
 def test_the_banner_goes_once_the_tenant_was_retried(client, operator):

@@ -62,7 +62,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
         hub = get_hub()
         hub.gate.note(self.grant)
         since = hub.notified
-        shown = await database_sync_to_async(self.render_parts)()
+        shown = {part.key: hub.fresh_page(part.key) for part in self.parts()}
+        missing = [key for key, page in shown.items() if page is None]
+        if missing:
+            shown.update(await database_sync_to_async(self.render_parts)(missing))
+            for key in missing:
+                hub.rendered(key, shown[key], since)
         await self.deliver("".join(full(page) for page in shown.values()))
         hub.join(self, since, shown)
         self.hub = hub
@@ -112,9 +117,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
     def parts(self) -> list[Part]:
         raise NotImplementedError
 
-    def render_parts(self) -> dict[tuple, Page]:
-        """Every part's whole page, by render key (the full state)."""
-        return {part.key: part.render() for part in self.parts()}
+    def render_parts(self, keys=None) -> dict[tuple, Page]:
+        """The whole page of every part (or of those with ``keys``), by render key."""
+        return {
+            part.key: part.render() for part in self.parts() if keys is None or part.key in keys
+        }
 
 
 class TenantDetailConsumer(LiveConsumer):

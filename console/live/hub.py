@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable
@@ -53,6 +54,7 @@ log = logging.getLogger("console.live")
 
 COALESCE_SECONDS = 0.02  # after a flush starts, later notifications wait this long at most
 RESYNC_SECONDS = 2.0
+FRESH_SECONDS = 1.0  # how old a render a connecting tab may be given
 # A frame that swaps nothing: the page only notes that its socket still carries frames.
 HEARTBEAT = "<!-- live -->"
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
@@ -90,7 +92,6 @@ class Hub:
         self.subscribers: dict[str, set[Subscriber]] = defaultdict(set)
         self.members: set[Subscriber] = set()
         self.dirty: set[str] = set()
-        self.seqs: set[int] = set()
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self.connected = asyncio.Event()
@@ -101,6 +102,8 @@ class Hub:
         # What each render key's sockets were last sent, and how many sockets show it.
         self.sent: dict[tuple, Page] = {}
         self.key_refs: dict[tuple, int] = defaultdict(int)
+        # The latest render of each key, for sockets connecting right after it.
+        self.fresh: dict[tuple, tuple[Page, int, float]] = {}
 
     # -- registry ---------------------------------------------------------
     def add(self, subscriber: Subscriber) -> None:
@@ -137,6 +140,26 @@ class Hub:
             for key, page in (shown or {}).items():
                 self.sent.setdefault(key, page)
 
+    def fresh_page(self, key: tuple) -> Page | None:
+        """A page of ``key`` rendered less than ``FRESH_SECONDS`` ago with no notification since.
+
+        A tab that connects gets it instead of a render of its own: when many
+        tabs connect at once (a daphne restart), the page renders about once
+        per ``FRESH_SECONDS``, not once per tab. A notification since the
+        render, or a listener that is not listening, means render afresh.
+        """
+        found = self.fresh.get(key)
+        if found is None or not self.connected.is_set():
+            return None
+        page, notified, at = found
+        if notified != self.notified or time.monotonic() - at > FRESH_SECONDS:
+            return None
+        return page
+
+    def rendered(self, key: tuple, page: Page, since: int) -> None:
+        """``page`` of ``key`` was rendered after ``since`` (``self.notified`` before it)."""
+        self.fresh[key] = (page, since, time.monotonic())
+
     def remove(self, subscriber: Subscriber) -> None:
         for topic in subscriber.topics:
             self.subscribers[topic].discard(subscriber)
@@ -149,6 +172,7 @@ class Hub:
                 if self.key_refs[part.key] <= 0:
                     del self.key_refs[part.key]
                     self.sent.pop(part.key, None)
+                    self.fresh.pop(part.key, None)
 
     async def admit(self, subscribers) -> list[Subscriber]:
         """Those of ``subscribers`` that may still be sent to; the rest are revoked and dropped."""
@@ -157,16 +181,11 @@ class Hub:
             self.remove(subscriber)
         return admitted
 
-    def mark(self, topics, seq: int | None = None) -> None:
+    def mark(self, topics) -> None:
         wanted = {t for t in topics if t in self.subscribers}
-        if not wanted:
-            # Nobody here shows these topics: nothing to render, no toast to keep
-            # (a kept seq would only pile up, or toast late to a newcomer).
-            return
-        self.dirty |= wanted
-        if seq is not None:
-            self.seqs.add(seq)
-        self.wake.set()
+        if wanted:  # else nobody here shows these topics: nothing to render
+            self.dirty |= wanted
+            self.wake.set()
 
     # -- tasks ------------------------------------------------------------
     def _ensure_running(self) -> None:
@@ -216,16 +235,15 @@ class Hub:
                 delay = min(BACKOFF_MAX, delay * 2)
 
     def _on_notify(self, payload: str) -> None:
-        """``{"topics": [...], "seq": n}``; other keys are ignored, a bad payload is logged."""
+        """``{"topics": [...], "seq": n}``: only the topics matter here (the pages read
+        the rows, toasts included); other keys are ignored, a bad payload is logged."""
         self.notified += 1
         try:
-            data = json.loads(payload)
-            topics = [str(t) for t in data.get("topics", [])]
-            seq = data.get("seq")
+            topics = [str(t) for t in json.loads(payload).get("topics", [])]
         except (ValueError, AttributeError, TypeError):
             log.warning("ignoring a malformed notification: %.200r", payload)
             return
-        self.mark(topics, seq if isinstance(seq, int) else None)
+        self.mark(topics)
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -233,10 +251,9 @@ class Hub:
             await self.wake.wait()
             self.wake.clear()
             topics, self.dirty = self.dirty, set()
-            seqs, self.seqs = self.seqs, set()
             started = loop.time()
             try:
-                await self.flush(topics, seqs)
+                await self.flush(topics)
             except Exception:
                 log.exception("live flush failed for %s", sorted(topics))
             # The rest of a burst gathers behind this flush: rendered together next.
@@ -244,14 +261,16 @@ class Hub:
             if rest > 0:
                 await asyncio.sleep(rest)
 
-    async def flush(self, topics: set[str], seqs: set[int] = frozenset()) -> None:
+    async def flush(self, topics: set[str]) -> None:
         candidates: set[Subscriber] = set()
         for topic in topics:
             candidates |= self.subscribers.get(topic, set())
+        started = time.perf_counter()
         targets = await self.admit(candidates)
         if not targets:
             return
-        toasts = await _db_call(_toasts_for, sorted(seqs)) if seqs else {}
+        admitted = time.perf_counter()
+        render_s, frames = 0.0, 0
         # Each distinct part renders once for the whole process, however many
         # sockets show it, and is compared once with what its sockets were sent.
         rendered: dict[tuple, tuple[Page, Changes]] = {}
@@ -261,10 +280,14 @@ class Hub:
                 if not subscriber.needs_full and not part.topics & topics:
                     continue
                 if part.key not in rendered:
+                    since = self.notified
+                    render_started = time.perf_counter()
                     page = await _db_call(part.render)
+                    render_s += time.perf_counter() - render_started
                     rendered[part.key] = (page, changes(self.sent.get(part.key), page))
                     if part.key in self.key_refs:
                         self.sent[part.key] = page
+                        self.rendered(part.key, page, since)
                 page, delta = rendered[part.key]
                 if subscriber.needs_full:
                     flow.append(full(page))
@@ -272,10 +295,15 @@ class Hub:
                     flow.append(delta.flow)
                     tables.extend(delta.table_frames)
             subscriber.needs_full = False
-            flow.extend(toasts.get(topic, "") for topic in subscriber.topics)
             for frame in ("".join(flow), *tables):
                 if frame:
                     await subscriber.deliver(frame)
+                    frames += 1
+        log.debug(
+            "flush %s: gate %.1f ms, %d render(s) %.1f ms, %d frame(s) to %d socket(s) %.1f ms",
+            sorted(topics), (admitted - started) * 1000, len(rendered), render_s * 1000,
+            frames, len(targets), (time.perf_counter() - admitted - render_s) * 1000,
+        )  # fmt: skip
 
     async def _heartbeat_loop(self) -> None:
         """A proxy can stop forwarding a socket without closing it; the page notices the silence."""
@@ -309,19 +337,6 @@ def _tenants_with_live_runs() -> list[int]:
             "tenant_id", flat=True
         )
     )
-
-
-def _toasts_for(seqs: list[int]) -> dict[str, str]:
-    """Toast HTML per tenant topic for the events among ``seqs`` that deserve one."""
-    from console.fragments import toast_fragments
-    from provisioning.models import AuditEvent
-
-    events = list(AuditEvent.objects.filter(seq__in=seqs).select_related("tenant"))
-    by_topic: dict[str, list] = defaultdict(list)
-    for event in events:
-        if event.tenant_id:
-            by_topic[f"tenant-{event.tenant_id}"].append(event)
-    return {topic: html for topic, evs in by_topic.items() if (html := toast_fragments(evs))}
 
 
 # One hub per event loop, keyed by the loop itself (not its id, which a later

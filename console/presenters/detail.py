@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.db.models import Count, Window
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -29,7 +30,7 @@ from console.presenters.runs import (
 from provisioning import actions
 from provisioning.errors import CATEGORIES
 from provisioning.expectations import expected_seconds
-from provisioning.models import AuditEvent, StepRun, WorkloadHealth, latest_run
+from provisioning.models import AuditEvent, ProvisioningRun, StepRun, WorkloadHealth, latest_run
 from provisioning.status import ACTIVE_STEP, iso
 from provisioning.steps import BY_ID, CREATING_STEP_IDS, TOTAL, label_of
 from tenants.models import Tenant
@@ -324,10 +325,11 @@ ACTION_TEXT = {
 }
 
 
-def actions_view(tenant: Tenant, role: str) -> dict:
+def actions_view(tenant: Tenant, role: str, run: ProvisioningRun | None) -> dict:
+    """``run``: the tenant's latest run."""
     if role != "operator":
         return {"may_act": False, "items": []}
-    allowed = actions.allowed_actions(tenant)
+    allowed = actions.allowed_actions(tenant, run)
     force = actions.needs_force(tenant) if tenant.state == Tenant.State.FAILED else False
     items = []
     for name in RELEVANT.get(tenant.state, ()):
@@ -357,10 +359,13 @@ def detail_context(tenant: Tenant, role: str) -> dict:
     tenant = Tenant.objects.select_related("plan", "created_by").get(pk=tenant.pk)
     run = latest_run(tenant)
     snap = Snapshot.of(tenant, run, steps_of(run, with_logs=True))
-    events = [
-        event_row(e)
-        for e in tenant.events.select_related("tenant").order_by("-seq")[:EVENTS_ON_DETAIL]
-    ]
+    # The newest events, each carrying the count of them all (one query, not two).
+    newest = list(
+        tenant.events.annotate(total=Window(Count("seq"))).order_by("-seq")[:EVENTS_ON_DETAIL]
+    )
+    for event in newest:
+        event.tenant = tenant
+    events = [event_row(e) for e in newest]
     health = health_view(tenant, WorkloadHealth.objects.filter(tenant=tenant).first())
     return {
         "tenant": tenant,
@@ -375,8 +380,8 @@ def detail_context(tenant: Tenant, role: str) -> dict:
         # Only the latest run's failure: once a retry or a decommission
         # follows, the earlier error is history (the events keep it).
         "error": error_view(snap),
-        "actions": actions_view(tenant, role),
+        "actions": actions_view(tenant, role, run),
         "events": events,
-        "events_total": tenant.events.count(),
+        "events_total": newest[0].total if newest else 0,
         "now_iso": iso(timezone.now()),
     }
