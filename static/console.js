@@ -13,7 +13,9 @@
 
   // ------------------------------------------------------------ server clock
   // Times on the page are the server's; the offset keeps elapsed times and the
-  // progress bar right on a client whose clock is off.
+  // progress bar right on a client whose clock is off. The page says the
+  // server's time once (data-now on its live root), so pushes never carry a
+  // clock that would make every render differ.
   var clockOffset = 0; // client now - server now, in ms
 
   function serverNow() {
