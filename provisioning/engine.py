@@ -533,7 +533,7 @@ class Waiter:
         import psycopg
 
         from provisioning.audit import CHANNEL
-        from provisioning.live.hub import conninfo
+        from provisioning.pgconn import conninfo
 
         self.conn = psycopg.connect(**{**conninfo(), "application_name": "tenant-console-pump"})
         self.held = False

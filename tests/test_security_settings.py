@@ -139,7 +139,7 @@ def test_without_a_secret_key_a_random_one_is_kept_0600_and_is_nowhere_in_the_so
     assert kept.read_text().strip() == key and len(key) >= 50
     skip = ["--exclude-dir=.venv", "--exclude-dir=var", "--exclude-dir=.git"]
     found = subprocess.run(
-        ["grep", "-rlF", *skip, key, "."],
+        ["grep", "-rlF", *skip, "-e", key, "."],  # -e: a key may start with "-"
         cwd=ROOT,
         capture_output=True,
         text=True,
