@@ -26,15 +26,31 @@ def actor_name(user) -> str:
     return user.get_username() or f"user-{user.pk}"
 
 
+def notify_sql(seq: str) -> str:
+    """The SQL that announces a change: ``pg_notify`` of ``{"topics": [...], "seq": N}``
+    on CHANNEL, with ``seq`` an SQL expression (a column, or 'null') and the
+    named parameters of ``notify_params``. Written once, for every statement
+    that announces (announce, record_event, the ledger's lean writes)."""
+    return (
+        "pg_notify(%(channel)s, '{\"topics\":' || %(topics)s || ',\"seq\":' || " + seq + " || '}')"
+    )
+
+
+def notify_params(topics: list[str]) -> dict:
+    return {"channel": CHANNEL, "topics": json.dumps(topics, separators=(",", ":"))}
+
+
 def announce(topics: list[str], seq: int | None = None) -> None:
     """Tell every listening console process that ``topics`` changed.
 
     The payload only says *what* changed; listeners read the rows themselves,
     so it stays far below PostgreSQL's 8000-byte limit.
     """
-    payload = json.dumps({"topics": topics, "seq": seq}, separators=(",", ":"))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+        cursor.execute(
+            "SELECT " + notify_sql("coalesce(%(seq)s::bigint::text, 'null')"),
+            {**notify_params(topics), "seq": seq},
+        )
 
 
 def topics_for(tenant: Tenant | None) -> list[str]:
@@ -68,22 +84,23 @@ def record_event(
             WITH event AS (
                 INSERT INTO provisioning_auditevent
                        (type, tenant_id, run_id, actor, details, created_at)
-                VALUES (%s, %s, %s, %s, %s::jsonb, %s)
+                VALUES (%(type)s, %(tenant)s, %(run)s, %(actor)s, %(details)s::jsonb, %(at)s)
                 RETURNING seq
             )
-            SELECT seq, pg_notify(%s, '{"topics":' || %s || ',"seq":' || seq || '}')
+            SELECT seq, """
+            + notify_sql("seq")
+            + """
               FROM event
             """,
-            [
-                event.type,
-                tenant.pk if tenant else None,
-                run.pk if run else None,
-                event.actor,
-                json.dumps(event.details, cls=DjangoJSONEncoder),
-                event.created_at,
-                CHANNEL,
-                json.dumps(topics_for(tenant)),
-            ],
+            {
+                "type": event.type,
+                "tenant": tenant.pk if tenant else None,
+                "run": run.pk if run else None,
+                "actor": event.actor,
+                "details": json.dumps(event.details, cls=DjangoJSONEncoder),
+                "at": event.created_at,
+                **notify_params(topics_for(tenant)),
+            },
         )
         event.seq = cursor.fetchone()[0]
     event._state.adding = False

@@ -170,9 +170,7 @@ class StepContext(VerifyContext):
 
     @cached_property
     def driver(self):
-        from provisioning.drivers import driver_for
-
-        return GuardedDriver(driver_for(self.tenant), self.state)
+        return GuardedDriver(VerifyContext.driver.func(self), self.state)
 
     def before_effect(self) -> None:
         """Call before an effect outside the database that is not a driver call (a

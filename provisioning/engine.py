@@ -317,9 +317,8 @@ def _run_step(
             delay, reason = wait
             ledger.step_retrying(lease, step_run, error, delay, reason=reason)
             return "parked"
-        step_run.memo.pop(
-            ledger.OUTAGE_SINCE, None
-        )  # the engine answered: a new outage starts anew
+        # Another error, or an outage past its time: a later outage starts its own clock.
+        step_run.memo.pop(ledger.OUTAGE_SINCE, None)
         if error.transient and step_run.attempts < max_attempts:
             # The backoff is a park too: no worker waits it out.
             ledger.step_retrying(lease, step_run, error, backoff(step_run.attempts))
@@ -327,20 +326,20 @@ def _run_step(
         ledger.step_failed(lease, step_run, error, best_effort=step.best_effort)
         if not step.best_effort:
             return "failed"
-        if following is not None:
-            ledger.step_started(lease, following)
-        return "succeeded"
-    if step.has_on_success:
+    else:
+        if not step.has_on_success:
+            ledger.step_succeeded(
+                lease, step_run, outputs, then_start=following, then_finish=following is None
+            )
+            return "succeeded" if following is not None else "finished"
         ledger.step_succeeded(
             lease, step_run, outputs, on_success=partial(step.on_success, ctx, outputs)
         )
-        if following is not None:
-            ledger.step_started(lease, following)
-        return "succeeded"
-    ledger.step_succeeded(
-        lease, step_run, outputs, then_start=following, then_finish=following is None
-    )
-    return "succeeded" if following is not None else "finished"
+    # A best-effort failure, or a success with code of its own: the next step
+    # starts in a commit of its own.
+    if following is not None:
+        ledger.step_started(lease, following)
+    return "succeeded"
 
 
 # How often a step, or an undo, tries again while the container engine is away.

@@ -22,7 +22,7 @@ from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from provisioning.audit import CHANNEL, announce, record_event, topics_for
+from provisioning.audit import announce, notify_params, notify_sql, record_event, topics_for
 from provisioning.errors import Cancelled, Fenced, PermanentError, StepError
 from provisioning.models import ProvisioningRun, StepLogLine, StepRun
 from provisioning.status import current_step
@@ -282,10 +282,7 @@ events AS (
 )"""
 # One notification per event (the hub toasts by seq), or one without a seq.
 _NOTIFY = """
-SELECT run.id, (SELECT count(pg_notify(
-                    %(channel)s, '{{"topics":' || %(topics)s || ',"seq":' || {seq} || '}}'))
-                {source}),
-       (SELECT 1 FROM lazy)
+SELECT run.id, (SELECT count({notify}) {source}), (SELECT 1 FROM lazy)
   FROM run"""
 
 
@@ -322,8 +319,7 @@ def _write(
         "during_cancel": during_cancel,
         "commit": "on" if durable else "off",
         "now": now,
-        "channel": CHANNEL,
-        "topics": _json(topics),
+        **notify_params(topics),
         "events": _json([{"type": t, "details": d, "n": n} for n, (t, d) in enumerate(events)]),
     }
     for n, (kind, step, own) in enumerate(steps):
@@ -344,9 +340,9 @@ def _write(
     if events:
         ctes.append(_EVENTS_CTE)
     notify = (
-        _NOTIFY.format(seq="seq", source="FROM events")
+        _NOTIFY.format(notify=notify_sql("seq"), source="FROM events")
         if events
-        else _NOTIFY.format(seq="'null'", source="")
+        else _NOTIFY.format(notify=notify_sql("'null'"), source="")
     )
     sql = "WITH " + ",".join(ctes) + notify
     with connection.cursor() as cursor:
