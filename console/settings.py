@@ -76,6 +76,9 @@ if TESTING:
     os.environ.setdefault("ROUTES_FILE", "")
 ROUTES_FILE = os.environ.get("ROUTES_FILE", str(VAR_DIR / "routes" / "nginx-tenants.conf"))
 TRAFFIC_VERIFY_URL = os.environ.get("TRAFFIC_VERIFY_URL", "")
+# Run after every rewrite of ROUTES_FILE, e.g. "nginx -s reload" (split like a
+# shell would, not run by one; "" runs nothing).
+ROUTES_RELOAD_COMMAND = os.environ.get("ROUTES_RELOAD_COMMAND", "")
 # The largest request body the tenant proxy forwards (413 above it).
 TENANT_MAX_BODY_BYTES = envint("TENANT_MAX_BODY_BYTES", str(10 * 1024 * 1024))
 # How long a tenant's one-time sign-in link stays valid.
@@ -107,7 +110,7 @@ INSTALLED_APPS = [
     # tells a waiting pump when its cluster stops; see provisioning.engine).
     "provisioning",
     "django_q",
-    "console",  # the web layer: its template tags
+    "console",  # the web layer: its template tags, the API's tokens
 ]
 
 MIDDLEWARE = [
@@ -338,6 +341,35 @@ else:
     Q_CLUSTER["orm"] = "default"
 if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     raise ImproperlyConfigured("Q_TIMEOUT must be below Q_RETRY, or running tasks are re-delivered")
+
+# The automation API (/api/v1/, console/api/): requests per token, as
+# "N/s", "N/min" or "N/hour" (django-ninja's throttling). Its counts live in a
+# cache every console process shares: Redis with REDIS_URL, else a table in
+# the database (made by console's migration 0001; `manage.py createcachetable`
+# makes it again after a switch).
+API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600/min")
+if not re.fullmatch(r"[1-9][0-9]{0,6}/(s|sec|m|min|h|hour|d|day)", API_RATE_LIMIT):
+    raise ImproperlyConfigured(
+        f"API_RATE_LIMIT must look like 600/min (N/s, N/min, N/hour, N/day), not {API_RATE_LIMIT!r}"
+    )
+API_THROTTLE_TABLE = "console_api_throttle"
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "api": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": API_THROTTLE_TABLE,
+        }
+    ),
+}
+# How long an Idempotency-Key's answer is kept (and the key refused for another body).
+API_IDEMPOTENCY_HOURS = envfloat("API_IDEMPOTENCY_HOURS", "24", above=0, maximum=24 * 365)
+
+# /metrics answers a scrape from loopback, or one that sends
+# "Authorization: Bearer $METRICS_TOKEN"; anything else gets 403.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 CHANNEL_LAYERS = {}  # live updates fan out through PostgreSQL LISTEN/NOTIFY
 # Every live socket gets a small heartbeat this often; a page that hears nothing

@@ -3,7 +3,8 @@ from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 
-from console.views import api, audit, signin, tenants
+from console.api.v1 import api as api_v1
+from console.views import api, audit, metrics, signin, tenants
 
 # Sign in and out, and password change; the password-reset pages only where
 # a reset mail can reach the user (settings.PASSWORD_RESET_ENABLED).
@@ -17,6 +18,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include(account_urls)),
     path("healthz", api.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),
+    path("api/v1/", api_v1.urls),
     path("api/tenants/<str:slug>", api.tenant_status_api, name="api-tenant-status"),
     path("api/provisioning/recent-failures", api.recent_failures_api, name="api-recent-failures"),
     path("failures/<int:run_id>/dismiss/", tenants.dismiss_failure_view, name="dismiss-failure"),

@@ -8,7 +8,9 @@ rolled-back change is never announced and a committed one always is.
 
 from __future__ import annotations
 
+import contextvars
 import json
+from contextlib import contextmanager
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
@@ -18,6 +20,21 @@ from provisioning.models import AuditEvent, ProvisioningRun
 from tenants.models import Tenant
 
 CHANNEL = "console"
+
+# The API token a request acts through, set by the automation API around the
+# one action it calls: every event that action records carries the token's
+# name, whichever function below the action writes it.
+_api_token: contextvars.ContextVar[str | None] = contextvars.ContextVar("api_token", default=None)
+
+
+@contextmanager
+def acting_through_token(name: str):
+    """Events recorded inside carry ``details["api_token"] = name``."""
+    reset = _api_token.set(name)
+    try:
+        yield
+    finally:
+        _api_token.reset(reset)
 
 
 def actor_name(user) -> str:
@@ -70,12 +87,15 @@ def record_event(
 ) -> AuditEvent:
     """Insert the event and announce it: one statement (the insert's seq goes
     straight into the notification)."""
+    details = details or {}
+    if (token := _api_token.get()) is not None:
+        details = {**details, "api_token": token}
     event = AuditEvent(
         type=type,
         tenant=tenant,
         run=run,
         actor=actor if isinstance(actor, str) else actor_name(actor),
-        details=details or {},
+        details=details,
         created_at=timezone.now(),
     )
     with connection.cursor() as cursor:

@@ -19,6 +19,7 @@ import secrets
 
 import psycopg
 from django.apps import apps
+from django.conf import settings
 from django.db.migrations.recorder import MigrationRecorder
 from psycopg import sql
 
@@ -57,13 +58,17 @@ def app_tables() -> dict[str, sql.SQL]:
     The tables of every installed model (django_q's and the sessions'
     included); the audit events only read and appended; the migrations table
     only read, so a deploy can ask `migrate --check` as the app role while
-    only the owner migrates.
+    only the owner migrates; and the cache tables settings.CACHES names.
     """
     tables = {
         model._meta.db_table: TABLE_PRIVILEGES
         for model in apps.get_models(include_auto_created=True)
         if model._meta.managed and not model._meta.proxy
     }
+    # Database caches (the API's rate limits, settings.CACHES): written by every request.
+    for cache in settings.CACHES.values():
+        if cache["BACKEND"] == "django.core.cache.backends.db.DatabaseCache":
+            tables[cache["LOCATION"]] = TABLE_PRIVILEGES
     tables[MigrationRecorder.Migration._meta.db_table] = sql.SQL("SELECT")
     tables[AUDIT_TABLE] = AUDIT_PRIVILEGES
     return tables

@@ -7,7 +7,8 @@ Only enabled routes with backends are listed: a tenant that is provisioning,
 failed or gone is absent, so the edge answers it with its own 404/503 (see
 docs/TRAFFIC.md). The file is rewritten after every committed route change,
 atomically (temporary file in the same directory, then os.replace), so nginx
-never reads half a file; `nginx -s reload` picks it up.
+never reads half a file; then ROUTES_RELOAD_COMMAND (e.g. `nginx -s reload`),
+when set, makes the edge read it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -85,7 +88,30 @@ def write_routes_file() -> Path | None:
     except Exception:
         log.exception("could not write the routes file %s", path)
         return None
+    reload_edge()
     return path
+
+
+RELOAD_TIMEOUT = 10
+
+
+def reload_edge() -> None:
+    """Run ROUTES_RELOAD_COMMAND, if set. Never raises: a failure is logged, and the
+    next route change (or the repair loop's next write) reloads again."""
+    command = getattr(settings, "ROUTES_RELOAD_COMMAND", "")
+    if not command:
+        return
+    try:
+        done = subprocess.run(
+            shlex.split(command), capture_output=True, text=True, timeout=RELOAD_TIMEOUT
+        )
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        log.error("ROUTES_RELOAD_COMMAND failed to run: %s", exc)
+        return
+    if done.returncode != 0:
+        log.error(
+            "ROUTES_RELOAD_COMMAND exited %s: %s", done.returncode, done.stderr.strip()[-500:]
+        )
 
 
 def schedule_write() -> None:
