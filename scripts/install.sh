@@ -8,6 +8,9 @@ need_apt=()
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 [ -x /usr/bin/chromium ] || [ "${SKIP_BROWSER:-0}" = 1 ] || need_apt+=(chromium)
+# The production edge's test (tests/test_nginx_edge.py) runs its own nginx on
+# a free loopback port, with its own prefix and pid file.
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> apt-get install ${need_apt[*]}"
