@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from provisioning.models import AuditEvent, ProvisioningRun, WorkloadHealth
+from provisioning.steps import STEP_IDS
 from tenants.models import STATES, Plan, Tenant
 
 # Steps take from milliseconds (validate) to minutes (a cluster's readiness).
@@ -143,18 +144,15 @@ def event_counters() -> tuple[CounterMetricFamily, CounterMetricFamily]:
             """  # noqa: S608
         )
         rows = cursor.fetchall()
-    seen = {"retries": False, "stalls": False}
+    counts = {key: dict.fromkeys(STEP_IDS, 0) for key in ("retries", "stalls")}
     for type_, step, n in rows:
-        if type_.endswith("step_retrying"):
-            retries.add_metric([step], n)
-            seen["retries"] = True
-        else:
-            stalls.add_metric([step], n)
-            seen["stalls"] = True
-    # A family with no sample is not exposed at all: say 0 rather than nothing.
+        key = "retries" if type_.endswith("step_retrying") else "stalls"
+        counts[key][step] = counts[key].get(step, 0) + n
+    # Every step, zeros included: a series that appears only at its first
+    # increment hides that increment from increase() and rate().
     for family, key in ((retries, "retries"), (stalls, "stalls")):
-        if not seen[key]:
-            family.add_metric([""], 0)
+        for step, n in counts[key].items():
+            family.add_metric([step], n)
     return retries, stalls
 
 

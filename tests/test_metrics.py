@@ -7,6 +7,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from provisioning import actions
+from provisioning.audit import record_event
 from provisioning.models import StepRun
 from tests.conftest import drive, new_tenant
 from tests.views_support import activate, create, fail
@@ -115,3 +116,18 @@ def test_a_scrape_with_the_token_is_answered_from_anywhere(db, settings):
 
 def test_ipv6_loopback_is_loopback(db):
     assert "tenants" in scrape(REMOTE_ADDR="::1")
+
+
+def test_retries_and_stalls_are_counted_by_step_from_their_events(operator):
+    tenant = create(operator)
+    for step in ("deploy_workloads", "deploy_workloads", "wait_ready"):
+        record_event("tenant.provisioning.step_retrying", tenant=tenant, details={"step": step})
+    record_event("tenant.provisioning.stalled", tenant=tenant, details={"step": "wait_ready"})
+    families = scrape()
+    retries = "provisioning_step_retries_total"
+    assert value(families, "provisioning_step_retries", retries, step="deploy_workloads") == 2
+    assert value(families, "provisioning_step_retries", retries, step="wait_ready") == 1
+    assert value(families, "provisioning_step_retries", retries, step="validate") == 0
+    stalls = "provisioning_stalls_total"
+    assert value(families, "provisioning_stalls", stalls, step="wait_ready") == 1
+    assert value(families, "provisioning_stalls", stalls) == 1
