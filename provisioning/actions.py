@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from provisioning import faults as fault_specs
 from provisioning.audit import record_event
 from provisioning.context import VerifyContext
 from provisioning.models import ProvisioningRun, StepRun, latest_run
@@ -88,7 +89,7 @@ def create_tenant(
                 "org": tenant.org,
                 "plan": tenant.plan.name,
                 "admin_email": tenant.admin_email,
-                "faults": [f"{f['step']}:{f['kind']}:{f['n']}" for f in faults or []],
+                "faults": [fault_specs.describe(f) for f in faults or []],
             },
         )
     return tenant

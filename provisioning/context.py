@@ -221,5 +221,5 @@ class StepContext(VerifyContext):
         """Give this attempt more time (kept in the memo, so it holds across parks)."""
         self.memo["extra_seconds"] = float(self.memo.get("extra_seconds", 0)) + seconds
 
-    def save_faults(self, faults: list) -> None:
-        ledger.faults_used(self.lease, faults)
+    def save_faults(self, faults: list, *, unfenced: bool = False) -> None:
+        ledger.faults_used(self.lease, faults, unfenced=unfenced)

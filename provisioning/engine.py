@@ -299,8 +299,10 @@ def _run_step(
     ctx = StepContext(state, run, step_run, seconds)
     try:
         faults.apply(ctx, step.id, step_run.attempts)
+        faults.crash_point(ctx, "before_effect")
         with connection.execute_wrapper(state.sql_guard):
             outputs = step.run(ctx) or {}
+        faults.crash_point(ctx, "after_effect")
         state.check()  # a cancel that arrived during the step wins over its result
     except CheckAgain as wait:
         state.check()  # and over its wait (park also refuses once a cancel is recorded)
@@ -331,10 +333,12 @@ def _run_step(
             ledger.step_succeeded(
                 lease, step_run, outputs, then_start=following, then_finish=following is None
             )
+            faults.crash_point(ctx, "after_record")
             return "succeeded" if following is not None else "finished"
         ledger.step_succeeded(
             lease, step_run, outputs, on_success=partial(step.on_success, ctx, outputs)
         )
+        faults.crash_point(ctx, "after_record")
     # A best-effort failure, or a success with code of its own: the next step
     # starts in a commit of its own.
     if following is not None:
@@ -401,8 +405,10 @@ def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> boo
         if state.lost.is_set():
             raise Fenced("lease lost during compensation")
         try:
+            faults.crash_point(ctx, "before_effect")
             with connection.execute_wrapper(state.sql_guard):
                 step.compensate(ctx)
+            faults.crash_point(ctx, "after_effect")
         except Exception as exc:
             error = classify(exc)
             if error.outage and (wait := _retry_outage(step_run, UNDO_OUTAGE_SINCE)):
@@ -418,6 +424,7 @@ def _compensate_step(state: RunState, run, step_run: StepRun, step: Step) -> boo
                 threading.Event().wait(backoff(attempt))
             continue
         ledger.step_compensated(lease, step_run)
+        faults.crash_point(ctx, "after_record")
         return True
     ledger.step_compensated(lease, step_run, error=last_error)
     return False

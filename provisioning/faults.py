@@ -3,7 +3,12 @@
 A fault is ``STEP:KIND[:N]``: ``transient`` fails N times then succeeds,
 ``permanent`` fails, ``hang`` takes N seconds (honouring cancel; a wait like
 any other, so the run is parked and holds no worker), ``crash`` ends the
-worker process abruptly at the step's start, N times.
+worker process abruptly at the step's start, N times, and ``crash_at`` ends it
+once at one point of the step (``crash_point``): ``before_effect`` (after
+"running" is recorded), ``after_effect`` (after the step's work, before its
+result is recorded) or ``after_record`` (after the result is recorded). The
+same three points exist while a step is undone (``crash_at(step, point,
+undo=True)``, for tests: the command line names the step's own run).
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from django.conf import settings
 from provisioning.errors import PermanentError, TransientError
 from tenants.filters import whole_number
 
-KINDS = ("transient", "permanent", "hang", "crash")
+KINDS = ("transient", "permanent", "hang", "crash", "crash_at")
 DEFAULT_N = {"transient": 1, "permanent": 1, "hang": 60, "crash": 1}
+CRASH_POINTS = ("before_effect", "after_effect", "after_record")
+# The worker's exit status when a fault ends it (EX_SOFTWARE).
+CRASH_STATUS = 70
 log = logging.getLogger("provisioning.faults")
 
 
@@ -41,6 +49,10 @@ def parse(spec: str) -> dict:
         raise ValueError(f"--fault {spec!r}: unknown step {step!r}; steps: {', '.join(STEP_IDS)}")
     if kind not in KINDS:
         raise ValueError(f"--fault {spec!r}: unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if kind == "crash_at":
+        if len(parts) != 3 or parts[2] not in CRASH_POINTS:
+            raise ValueError(f"--fault {spec!r}: crash_at needs a point: {', '.join(CRASH_POINTS)}")
+        return crash_at(step, parts[2])
     n = DEFAULT_N[kind]
     if len(parts) == 3:
         # The shared parser: isdigit() says yes to "²", which int() refuses.
@@ -48,6 +60,56 @@ def parse(spec: str) -> dict:
         if not 1 <= n <= 3600:
             raise ValueError(f"--fault {spec!r}: N must be a whole number from 1 to 3600")
     return {"step": step, "kind": kind, "n": n, "used": 0}
+
+
+def crash_at(step: str, point: str, *, undo: bool = False) -> dict:
+    """The fault that ends the worker once at ``point`` of ``step`` (its undo with ``undo``)."""
+    if point not in CRASH_POINTS:
+        raise ValueError(f"unknown crash point {point!r}; points: {', '.join(CRASH_POINTS)}")
+    fault = {"step": step, "kind": "crash_at", "n": point, "used": 0}
+    if undo:
+        fault["phase"] = "undo"
+    return fault
+
+
+def describe(fault: dict) -> str:
+    """A fault as its spec reads: 'deploy_workloads:crash_at:after_effect' (+ ' (undo)')."""
+    text = f"{fault['step']}:{fault['kind']}:{fault['n']}"
+    return text + " (undo)" if fault.get("phase") == "undo" else text
+
+
+def _die(what: str) -> None:
+    log.warning("injected crash %s: exiting the worker", what)
+    logging.shutdown()
+    os._exit(CRASH_STATUS)
+
+
+def crash_point(ctx, point: str) -> None:
+    """The engine passes each crash point of a step (or of its undo); a ``crash_at``
+    fault for this step, phase and point ends the worker here, once.
+
+    Which phase is the step's status: ``compensating``/``compensated`` while it
+    is undone. The use is recorded before the worker dies, so the resumed run
+    goes on; after ``after_record`` of the run's last step the run has ended
+    and its lease with it, so the record is not fenced (it is only the
+    fault's own bookkeeping).
+    """
+    if not settings.PROVISIONING_FAULTS_ENABLED:
+        return
+    faults = ctx.run.faults or []
+    undoing = ctx.step_run.status in ("compensating", "compensated")
+    for fault in faults:
+        if (
+            fault["kind"] != "crash_at"
+            or fault["step"] != ctx.step_run.step_id
+            or fault["n"] != point
+            or (fault.get("phase") == "undo") != undoing
+            or fault.get("used", 0)
+        ):
+            continue
+        fault["used"] = 1
+        ctx.save_faults(faults, unfenced=point == "after_record")
+        _die(f"at {describe(fault)}")
 
 
 def apply(ctx, step_id: str, attempt: int) -> None:
@@ -62,11 +124,7 @@ def apply(ctx, step_id: str, attempt: int) -> None:
         if kind == "crash" and fault.get("used", 0) < n:
             fault["used"] = fault.get("used", 0) + 1
             ctx.save_faults(faults)  # committed before dying, so the count survives
-            log.warning(
-                "injected crash at %s (%d/%d): exiting the worker", step_id, fault["used"], n
-            )
-            logging.shutdown()
-            os._exit(70)
+            _die(f"at {step_id} ({fault['used']}/{n})")
         if kind == "permanent":
             raise PermanentError(f"injected permanent fault at {step_id}", category="fault")
         if kind == "transient" and attempt <= n:

@@ -822,7 +822,12 @@ def _finish(run: ProvisioningRun, status: str) -> None:
     )
 
 
-def faults_used(lease: Lease, faults: list) -> None:
+def faults_used(lease: Lease, faults: list, *, unfenced: bool = False) -> None:
+    """Record which injected faults were used. ``unfenced`` (a crash right after a
+    record that may have ended the run, and its lease) writes by the run's id alone."""
+    if unfenced:
+        ProvisioningRun.objects.filter(pk=lease.run_id).update(faults=faults)
+        return
     with fenced(lease, during_cancel=True) as run:
         run.faults = faults
         run.save(update_fields=["faults"])

@@ -69,12 +69,26 @@ def test_faults_are_refused_where_they_are_not_enabled(plans, settings):
         ("validate:explode", "unknown kind"),
         ("validate:transient:x", "whole number"),
         ("validate:transient:0", "whole number"),
+        ("validate:crash_at", "crash_at needs a point: before_effect, after_effect"),
+        ("validate:crash_at:during_effect", "crash_at needs a point"),
+        ("validate:crash_at:3", "crash_at needs a point"),
     ],
 )
 def test_bad_fault_specs_are_refused(plans, faults_enabled, spec, message):
     with pytest.raises(CommandError, match=message):
         provision("--fault", spec)
     assert not Tenant.objects.exists()
+
+
+def test_a_crash_point_is_recorded_on_the_run_and_in_the_audit_log(plans, faults_enabled):
+    provision("--fault", "deploy_workloads:crash_at:after_effect")
+    tenant = Tenant.objects.get()
+    run = tenant.runs.get()
+    assert run.faults == [
+        {"step": "deploy_workloads", "kind": "crash_at", "n": "after_effect", "used": 0}
+    ]
+    created = AuditEvent.objects.get(tenant=tenant, type="tenant.created")
+    assert created.details["faults"] == ["deploy_workloads:crash_at:after_effect"]
 
 
 @pytest.mark.parametrize(
