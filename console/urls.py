@@ -20,6 +20,7 @@ urlpatterns = [
     path("healthz", api.healthz, name="healthz"),
     path("metrics", metrics.metrics, name="metrics"),
     path("api/v1/", api_v1.urls),
+    path("api/v1/<path:rest>", api.api_v1_not_found, name="api-v1-not-found"),
     path("api/tenants/<str:slug>", api.tenant_status_api, name="api-tenant-status"),
     path("api/provisioning/recent-failures", api.recent_failures_api, name="api-recent-failures"),
     path("failures/<int:run_id>/dismiss/", tenants.dismiss_failure_view, name="dismiss-failure"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from io import StringIO
+from urllib.parse import quote
 
 import pytest
 from django.core.management import call_command
@@ -18,6 +19,8 @@ from console.api.tokens import issue_token
 from console.models import ApiToken, IdempotentRequest
 from provisioning.models import AuditEvent
 from tenants.models import Tenant
+from tenants.validation import is_label
+from tests.test_hostile_input import HOSTILE
 from tests.views_support import activate, create, fail, start
 
 BODY = {"slug": "acme", "org": "demo", "plan": "free", "admin_email": "ops@example.com"}
@@ -160,6 +163,12 @@ def actions_recorded(tenant, type_):
     return AuditEvent.objects.filter(tenant=tenant, type=type_).exists()
 
 
+def test_an_unknown_endpoint_is_a_json_404(operator_token):
+    response = call(operator_token, "GET", "/api/v1/tenants/acme/logs")
+    assert response.status_code == 404
+    assert "openapi.json" in response.json()["error"]
+
+
 def test_an_unknown_tenant_is_404(operator_token):
     for method, path in [
         ("GET", "/api/v1/tenants/nobody"),
@@ -273,6 +282,8 @@ def test_the_schema_is_served_and_names_every_operation(plans):
         *(f"/api/v1/tenants/{{slug}}/{action}" for action in actions),
     }
     assert response.json()["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
+    create = paths["/api/v1/tenants"]["post"]
+    assert "Idempotency-Key" in [p["name"] for p in create["parameters"]]
 
 
 def test_create_api_token_prints_the_token_once_as_its_last_word(operator):
@@ -292,3 +303,54 @@ def test_create_api_token_refuses_what_it_cannot_use(operator, args):
     with pytest.raises(CommandError):
         call_command("create_api_token", *args, stdout=StringIO(), stderr=StringIO())
     assert not ApiToken.objects.exists()
+
+
+def test_hostile_values_anywhere_get_a_clear_answer_and_change_nothing(operator_token, operator):
+    activate(create(operator, slug="globex"))
+    before = (Tenant.objects.count(), AuditEvent.objects.count())
+    for value in HOSTILE:
+        answers = [
+            *(
+                call(operator_token, "POST", "/api/v1/tenants", {**BODY, field: value})
+                for field in BODY
+                if not (field in ("slug", "org") and is_label(value.strip()))  # digits are fine
+            ),
+            call(operator_token, "POST", "/api/v1/tenants", {**BODY, "slug": {"x": [value]}}),
+            call(operator_token, "GET", f"/api/v1/tenants/{quote(value, safe='')}"),
+            call(operator_token, "GET", f"/api/v1/tenants/{quote(value)}"),
+            call(operator_token, "POST", f"/api/v1/tenants/{quote(value, safe='')}/retry"),
+            call(operator_token, "POST", "/api/v1/tenants/globex/retry", {"reason": value}),
+            call(operator_token, "POST", "/api/v1/tenants/globex/retry", {"force": value}),
+            call(operator_token, "GET", f"/api/v1/tenants?state={quote(value)}&page=1"),
+            call(operator_token, "GET", f"/api/v1/tenants?page={quote(value)}"),
+            call(operator_token, "GET", f"/api/v1/tenants?page_size={quote(value)}"),
+            call(None, "GET", "/api/v1/tenants", Authorization=f"Bearer {value}"),
+            call(operator_token, "POST", "/api/v1/tenants/globex/cancel",
+                 **{"Idempotency-Key": value.encode("utf-8").decode("latin-1")}),
+        ]  # fmt: skip
+        for response in answers:
+            assert response.status_code < 500, (value[:20], response.content[:200])
+            if response.content == b"Bad request: the URL contains a NUL byte.":
+                continue  # console.middleware answers a NUL in any path, before any view
+            assert response["Content-Type"].startswith("application/json"), response.content[:200]
+            body = response.json()
+            assert body.get("error") or body.get("errors") or "items" in body or "slug" in body
+    assert (Tenant.objects.count(), AuditEvent.objects.count()) == before
+
+
+def test_the_admin_lists_tokens_and_revokes_them(operator_token, admin_client):
+    token = ApiToken.objects.get()
+    listing = admin_client.get("/admin/console/apitoken/")
+    assert listing.status_code == 200
+    assert token.prefix.encode() in listing.content and b"billing-signup" in listing.content
+    assert token.digest.encode() not in listing.content
+    response = admin_client.post(
+        "/admin/console/apitoken/",
+        {"action": "revoke", "_selected_action": [token.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert call(operator_token, "GET", "/api/v1/tenants").status_code == 401
+    assert admin_client.get("/admin/console/apitoken/add/").status_code == 403

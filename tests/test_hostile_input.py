@@ -99,6 +99,7 @@ def model_rows() -> dict[str, list]:
     """Every row of the console's own models (and users and groups), to compare."""
     models = [*apps.get_app_config("tenants").get_models()]
     models += apps.get_app_config("provisioning").get_models()
+    models += apps.get_app_config("console").get_models()  # API tokens, idempotency keys
     snapshot = {}
     for model in models:
         snapshot[model._meta.label] = list(model.objects.order_by("pk").values())

@@ -65,7 +65,8 @@ def answer_once(
         return JsonResponse({"errors": {HEADER: [message]}}, status=400)
     print_ = fingerprint(request)
     expired = timezone.now() - timedelta(hours=settings.API_IDEMPOTENCY_HOURS)
-    IdempotentRequest.objects.filter(token=token, key=key, created_at__lt=expired).delete()
+    # The token's expired keys go (this one too, if it expired: then it is new again).
+    IdempotentRequest.objects.filter(token=token, created_at__lt=expired).delete()
     try:
         with transaction.atomic():
             record = IdempotentRequest.objects.create(token=token, key=key, fingerprint=print_)

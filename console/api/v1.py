@@ -16,7 +16,7 @@ from typing import Literal
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError
 from django.http import Http404, HttpRequest, JsonResponse
-from ninja import NinjaAPI, Router
+from ninja import Field, NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as SchemaError
 from ninja.pagination import PageNumberPagination, paginate
@@ -36,6 +36,7 @@ from provisioning import actions
 from provisioning.audit import acting_through_token
 from provisioning.status import tenant_status
 from tenants.access import get_tenant_for_user, role_of
+from tenants.filters import MAX_PAGE
 from tenants.models import STATES, Tenant
 from tenants.validation import text_error
 
@@ -137,11 +138,29 @@ def _acting(request: HttpRequest, act: Callable[[], JsonResponse]) -> JsonRespon
     return idempotency.answer_once(request, request.api_token, answer)
 
 
+# The header every POST honours (console.api.idempotency), for the schema.
+IDEMPOTENCY_KEY = {
+    "parameters": [
+        {
+            "in": "header",
+            "name": idempotency.HEADER,
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY},
+            "description": "Repeat the request with the same key and body: the first answer, "
+            "nothing new; the same key with another request: 409.",
+        }
+    ]
+}
 ERRORS = {400: FieldErrorsOut, 401: ErrorOut, 403: ErrorOut, 409: ErrorOut, 429: ErrorOut}
 tenants_router = Router(tags=["tenants"])
 
 
-@tenants_router.post("", response={202: StatusOut, **ERRORS}, summary="Create a tenant")
+@tenants_router.post(
+    "",
+    response={202: StatusOut, **ERRORS},
+    summary="Create a tenant",
+    openapi_extra=IDEMPOTENCY_KEY,
+)
 def create(request: HttpRequest, payload: TenantIn):
     """Validates as the console's form does and returns at once (202): a worker provisions.
 
@@ -167,8 +186,19 @@ def create(request: HttpRequest, payload: TenantIn):
     return _acting(request, act)
 
 
+MAX_PAGE_SIZE = 200
+
+
+class Pages(PageNumberPagination):
+    """django-ninja's pages, bounded: a page past MAX_PAGE would overflow PostgreSQL's OFFSET."""
+
+    class Input(Schema):
+        page: int = Field(1, ge=1, le=MAX_PAGE)
+        page_size: int | None = Field(None, ge=1, le=MAX_PAGE_SIZE)
+
+
 @tenants_router.get("", response=list[TenantSummary], summary="List tenants")
-@paginate(PageNumberPagination, page_size=50)
+@paginate(Pages, page_size=50, max_page_size=MAX_PAGE_SIZE)
 def list_tenants(
     request: HttpRequest,
     state: Literal[tuple(STATES)] | None = None,  # type: ignore[valid-type]
@@ -193,6 +223,7 @@ def _action(name: str, call: Callable[[Tenant, HttpRequest, ActionIn], object], 
         summary=f"{name.capitalize()} a tenant",
         description=doc,
         operation_id=f"tenant_{name}",
+        openapi_extra=IDEMPOTENCY_KEY,
     )
     def endpoint(request: HttpRequest, slug: str, payload: ActionIn | None = None):
         payload = payload or ActionIn()

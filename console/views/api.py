@@ -55,3 +55,8 @@ def recent_failures_api(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"degraded": degraded, "hours": hours, "limit": limit, "failures": failures}
     )
+
+
+def api_v1_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    """Any other path under /api/v1/: the API's own JSON 404, not the console's page."""
+    return JsonResponse({"error": "No such endpoint; see /api/v1/openapi.json."}, status=404)
