@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -147,6 +148,15 @@ class World:
         )
         self.procs = [self.daphne, self.cluster]
         self._wait_http()
+        if self.args.profile:
+            # py-spy samples daphne until the world ends (collapsed stacks, one per line).
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            sampling = ["--rate", "250", "--format", "raw", "--output", str(self.args.profile)]
+            self.profiler = subprocess.Popen(
+                [py_spy, "record", "--pid", str(self.daphne.pid), *sampling],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         return self
 
     def _wait_http(self) -> None:
@@ -163,6 +173,10 @@ class World:
         raise tta.BenchError("daphne did not answer /healthz within 30 s")
 
     def __exit__(self, *exc) -> None:
+        profiler = getattr(self, "profiler", None)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            profiler.wait(30)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -417,6 +431,9 @@ def parse_args(argv=None):
     parser.add_argument("--keep-db", action="store_true")
     parser.add_argument(
         "--logs", type=Path, default=None, help="copy daphne's and the cluster's logs here"
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="sample daphne with py-spy into this file"
     )
     parser.add_argument("--verbose", action="store_true", help="print each event's latencies")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")

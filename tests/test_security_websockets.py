@@ -8,6 +8,7 @@ out, was deactivated or lost the operators group stops at its next push.
 import asyncio
 import json
 import time
+from importlib import import_module
 
 import pytest
 import pytest_asyncio
@@ -348,3 +349,57 @@ async def test_checking_many_sessions_costs_a_query_per_user_not_per_session(ope
     # 10 operators with 10 sessions each: the sessions, then a user and groups each.
     ten = [g for user in await operators(10) for g in await grants(user, 10)]
     assert await queries_to_check(ten) == 1 + 10 + 10
+
+
+async def test_grants_pushed_to_lately_are_checked_again_before_their_answer_runs_out(
+    operator, monkeypatch
+):
+    """The warming check: a push a second later finds the answer fresh and asks nothing."""
+    checked = []
+    check = access.signed_in_users
+
+    def counted(keys):
+        checked.extend(keys)
+        return check(keys)
+
+    monkeypatch.setattr(access, "signed_in_users", counted)
+    gate = access.Gate()
+    pushed, idle = [Socket(g) for g in await grants(operator, 2)]
+    assert await gate.admit([pushed]) == [pushed]  # a push: checked once
+    gate.note(idle.grant)  # a connect: checked, but not pushed to
+    assert gate.pushed_lately() == {pushed.grant}
+    await asyncio.sleep(access.CHECK_SECONDS * 0.6)
+    checked.clear()
+    # The warming call: only what runs out within `ahead` is asked about again.
+    assert await gate.admit([pushed], ahead=access.CHECK_SECONDS / 2) == [pushed]
+    assert checked == [pushed.grant.session_key]
+    await asyncio.sleep(access.CHECK_SECONDS * 0.6)  # past the first answer, not the second
+    checked.clear()
+    assert await gate.admit([pushed, idle]) == [pushed, idle]
+    assert checked == [idle.grant.session_key]  # the warmed grant needed no check
+
+
+async def test_the_warming_check_closes_a_signed_out_socket_without_a_push(operator):
+    class Member(Socket):
+        topics: set = set()
+
+        def parts(self):
+            return []
+
+    hub = hub_module.Hub()
+    (grant,) = await grants(operator, 1)
+    socket = Member(grant)
+    hub.members.add(socket)
+    assert await hub.admit([socket]) == [socket]  # pushed to: now warmed
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    await database_sync_to_async(store(grant.session_key).delete)()  # signed out elsewhere
+    task = asyncio.ensure_future(hub._warm_loop())
+    try:
+        for _ in range(50):
+            if socket.revoked:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+    assert socket.revoked == [access.SIGNED_OUT]
+    assert socket not in hub.members

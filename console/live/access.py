@@ -33,6 +33,9 @@ SIGNED_OUT = 4401  # the session no longer signs this user in: go to the sign-in
 ROLE_CHANGED = 4403  # still signed in, with another role: reload for the new role
 
 CHECK_SECONDS = 1.0
+# The hub keeps checking, ahead of time, the grants pushed to this recently
+# (a live run is pushed to at least every few seconds by the hub's resync).
+WARM_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -129,17 +132,30 @@ class Gate:
 
     def __init__(self) -> None:
         self.passed: dict[Grant, float] = {}  # grant -> when it last held (monotonic)
+        self.pushed: dict[Grant, float] = {}  # grant -> when it was last admitted for a push
 
     def note(self, grant: Grant) -> None:
         """``grant`` was just checked (a connect): no need to check again at once."""
         self.passed[grant] = time.monotonic()
 
-    async def admit(self, sockets: Iterable[Guarded]) -> list[Guarded]:
-        """The sockets whose grant still holds; the others are revoked with the reason."""
+    def pushed_lately(self) -> set[Grant]:
+        """The grants admitted for a push within ``WARM_SECONDS``."""
+        now = time.monotonic()
+        self.pushed = {g: t for g, t in self.pushed.items() if now - t < WARM_SECONDS}
+        return set(self.pushed)
+
+    async def admit(self, sockets: Iterable[Guarded], *, ahead: float = 0.0) -> list[Guarded]:
+        """The sockets whose grant still holds; the others are revoked with the reason.
+
+        ``ahead``: also check again the grants that stop being trusted within
+        that many seconds (the hub's warming loop, so that a push seldom waits
+        for a check).
+        """
         sockets = list(sockets)
         now = time.monotonic()
         self.passed = {g: t for g, t in self.passed.items() if now - t < CHECK_SECONDS}
-        stale = {s.grant for s in sockets} - self.passed.keys()
+        fresh = {g for g, t in self.passed.items() if now - t < CHECK_SECONDS - ahead}
+        stale = {s.grant for s in sockets} - fresh
         found = await database_sync_to_async(verdicts)(stale) if stale else {}
         # Trusted from when the answer arrived: a batch slower than CHECK_SECONDS
         # (a loaded database) must not make every following push check again.
@@ -150,6 +166,8 @@ class Gate:
             code = found.get(socket.grant)
             if code is None:
                 admitted.append(socket)
+                if not ahead:  # a push, not the warming loop
+                    self.pushed[socket.grant] = now
             else:
                 await socket.revoke(code)
         return admitted

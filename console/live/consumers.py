@@ -142,8 +142,8 @@ class TenantDetailConsumer(LiveConsumer):
     def _detail(self) -> Page:
         from tenants.models import Tenant
 
-        tenant = Tenant.objects.select_related("plan").get(pk=self.tenant_id)
-        return fragments.detail_page(tenant, role=self.role)[1]
+        # detail_page reads the tenant afresh by its id: no read of our own first.
+        return fragments.detail_page(Tenant(pk=self.tenant_id), role=self.role)[1]
 
 
 def _tenant_id(slug: str) -> int | None:

@@ -11,12 +11,15 @@ frame, after it joined behind a change it may have missed, and after the
 listener reconnects.
 
 The first notification of a burst renders at once; those that arrive while
-it renders, or within ``COALESCE_SECONDS`` of its start, are rendered
-together right after it.
+it renders are rendered together right after it (at most one flush per
+``COALESCE_SECONDS``).
 
 Before anything is rendered for a socket, the hub's gate asks whether the
 socket's session still signs in its user with its role (``access``), and
-closes those where it does not.
+closes those where it does not. An answer is trusted for
+``access.CHECK_SECONDS``; while sockets are being pushed to, a warming loop
+asks again for their grants before the answer runs out, so that a push does
+not wait for the database to say what it said a second ago.
 
 Every ``LIVE_HEARTBEAT_SECONDS`` each socket gets ``HEARTBEAT``, a comment
 that swaps nothing: a page that hears nothing for two intervals knows its
@@ -46,13 +49,15 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from console.fragments import Changes, Page, changes, full
-from console.live.access import Gate, Grant
+from console.live.access import CHECK_SECONDS, Gate, Grant
 from provisioning.audit import CHANNEL
 from provisioning.pgconn import conninfo
 
 log = logging.getLogger("console.live")
 
-COALESCE_SECONDS = 0.02  # after a flush starts, later notifications wait this long at most
+# After a flush starts, the next one starts no sooner than this: a storm of
+# notifications renders each key at most 1 / COALESCE_SECONDS times a second.
+COALESCE_SECONDS = 0.005
 RESYNC_SECONDS = 2.0
 FRESH_SECONDS = 1.0  # how old a render a connecting tab may be given
 # A frame that swaps nothing: the page only notes that its socket still carries frames.
@@ -174,9 +179,9 @@ class Hub:
                     self.sent.pop(part.key, None)
                     self.fresh.pop(part.key, None)
 
-    async def admit(self, subscribers) -> list[Subscriber]:
+    async def admit(self, subscribers, *, ahead: float = 0.0) -> list[Subscriber]:
         """Those of ``subscribers`` that may still be sent to; the rest are revoked and dropped."""
-        admitted = await self.gate.admit(subscribers)
+        admitted = await self.gate.admit(subscribers, ahead=ahead)
         for subscriber in set(subscribers).difference(admitted):
             self.remove(subscriber)
         return admitted
@@ -198,6 +203,7 @@ class Hub:
             asyncio.ensure_future(self._flush_loop()),
             asyncio.ensure_future(self._resync_loop()),
             asyncio.ensure_future(self._heartbeat_loop()),
+            asyncio.ensure_future(self._warm_loop()),
         ]
 
     async def stop(self) -> None:
@@ -314,6 +320,23 @@ class Hub:
                     await subscriber.deliver(HEARTBEAT)
                 except Exception:  # a socket closing meanwhile; its disconnect removes it
                     log.debug("heartbeat to a closing socket failed", exc_info=True)
+
+    async def _warm_loop(self) -> None:
+        """Check again, before their answers run out, the grants of sockets pushed to lately.
+
+        Only grants pushed to within ``access.WARM_SECONDS`` are warmed: an
+        idle socket is checked when something is next pushed to it.
+        """
+        while True:
+            await asyncio.sleep(CHECK_SECONDS / 2)
+            lately = self.gate.pushed_lately()
+            sockets = [s for s in self.members if s.grant in lately]
+            if not sockets:
+                continue
+            try:
+                await self.admit(sockets, ahead=CHECK_SECONDS / 2)
+            except Exception:
+                log.exception("live grant check failed")
 
     async def _resync_loop(self) -> None:
         while True:
