@@ -382,9 +382,13 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "filters": {"queue_chatter": {"()": "console.logfilters.QueueChatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # One handler, on the root logger: daphne configures the root logger before
+    # Django starts, and a handler of our own on these loggers as well printed
+    # each of their lines twice (dictConfig replaces the root's handlers).
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
-        "provisioning": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-        "console": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+        "provisioning": {"level": os.environ.get("LOG_LEVEL", "INFO")},
+        "console": {"level": os.environ.get("LOG_LEVEL", "INFO")},
         # django-q2 logs as "django-q" and adds a handler of its own (printing
         # "[Q] INFO ...") unless this one is configured first.
         "django-q": {
