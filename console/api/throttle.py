@@ -28,4 +28,6 @@ class TokenRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request) -> str | None:
         token = getattr(request, "auth", None)
-        return None if token is None else f"throttle_token_{token.pk}"
+        # The digest, not the row's id: ids repeat across databases (test
+        # databases, installations) that may share one Redis.
+        return None if token is None else f"throttle_token_{token.digest[:32]}"
