@@ -17,6 +17,7 @@ from provisioning.audit import record_event
 from provisioning.context import VerifyContext
 from provisioning.models import ProvisioningRun, StepRun, latest_run
 from provisioning.queue import enqueue_run
+from provisioning.status import current_step
 from provisioning.steps import STEPS
 from tenants.models import Tenant
 from tenants.validation import validate_request
@@ -130,18 +131,28 @@ def reset_provisioning(tenant: Tenant, *, user=None, reason: str = "") -> Provis
         now = timezone.now()
         refuse(reset_refusal(tenant, run, now))
         was_live = run.is_live
-        # A run left in flight by a dead worker ends here; the fence bump
-        # refuses any write from that worker should it come back.
+        # The fence bump refuses any write from the run's dead worker should
+        # it come back.
         run.fence += 1
         run.reset_at = now
         run.lease_owner, run.lease_expires_at = "", None
         if was_live:
-            run.status = RunStatus.FAILED
-            run.finished_at = now
+            # A run left in flight by a dead worker does not just stop: the
+            # next worker undoes what it made, as after a failure, and it ends
+            # failed (the tenant with it). Ended here, it left the interrupted
+            # step's work behind, which reconcile then called an orphan (found
+            # by tests/test_fuzz_operations.py).
+            step = current_step(run, list(run.steps.order_by("position")))
+            run.status = RunStatus.COMPENSATING
+            run.wake_at, run.wait_reason = None, ""
+            run.failed_step = run.failed_step or (step.step_id if step else "")
             run.error = run.error or "Reset by operator while no worker held the run"
+            run.error_category = run.error_category or "platform"
+            enqueue_run(run.pk)
         run.save()
-        tenant.state = Tenant.State.FAILED
-        tenant.save(update_fields=["state", "updated_at"])
+        if not was_live:
+            tenant.state = Tenant.State.FAILED
+            tenant.save(update_fields=["state", "updated_at"])
         record_event(
             "tenant.provisioning.reset",
             tenant=tenant,
@@ -253,11 +264,25 @@ def reset_refusal(tenant: Tenant, run: ProvisioningRun | None, now=None) -> Acti
     """``run``: the tenant's latest provisioning run.
 
     Allowed for a failed tenant, and for a run in flight that nobody advances:
-    its lease expired (its worker died) and it is not parked.
+    its lease expired (its worker died) and it is not parked, or it was never
+    claimed for longer than the reaper allows a queued run (its task was lost).
     """
+    from provisioning.reaper import UNCLAIMED_GRACE
+
     if run is None:
         return ActionError(f"{tenant.slug} has no provisioning run to reset")
     now = now or timezone.now()
+    if (
+        run.status == RunStatus.QUEUED
+        and run.lease_expires_at is None
+        and run.created_at > now - UNCLAIMED_GRACE
+    ):
+        # Not stuck: a worker claims it within moments (found by the fuzz of
+        # operator actions, which reset runs a worker was about to start).
+        return ActionError(
+            f"{tenant.slug}: attempt {run.attempt} is queued and a worker will start it; "
+            "cancel it first, or wait for it to finish"
+        )
     if run.is_live and run.lease_expires_at and run.lease_expires_at > now:
         return ActionError(
             f"{tenant.slug}: attempt {run.attempt} is running (a worker holds its lease); "
@@ -267,6 +292,11 @@ def reset_refusal(tenant: Tenant, run: ProvisioningRun | None, now=None) -> Acti
         return ActionError(
             f"{tenant.slug}: attempt {run.attempt} is waiting ({run.wait_reason}) and will "
             "go on by itself; cancel it first, or wait for it to finish"
+        )
+    if run.reset_at and run.is_live:
+        return AlreadyUnderWay(
+            f"attempt {run.attempt} of {tenant.slug} is already reset; a worker is undoing "
+            "what it made"
         )
     stuck = tenant.state == Tenant.State.PROVISIONING and run.is_live  # its worker died
     if tenant.state != Tenant.State.FAILED and not stuck:

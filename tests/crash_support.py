@@ -126,13 +126,19 @@ def audit_problems(run: ProvisioningRun) -> list[str]:
                 "failed": [f"tenant.provisioning.{failed}"],
             }.get(run.status, [])
         found = [t for t in log.types() if t in _ENDINGS]
-        if found != ends:
+        if run.reset_at:
+            # Reset after it failed, or reset in flight (its worker had died),
+            # which then undid what it made and failed.
+            if sorted(found) != sorted([*ends, "tenant.provisioning.reset"]):
+                problems.append(f"run reset: ending events {found}, want {ends} + reset")
+        elif found != ends:
             problems.append(f"run {run.status}: ending events {found}, want {ends}")
     return problems
 
 
 _ENDINGS = {
     "tenant.provisioning.completed",
+    "tenant.provisioning.reset",
     "tenant.provisioning.failed",
     "tenant.provisioning.cancelled",
     "tenant.decommission.completed",

@@ -15,6 +15,7 @@ from django.utils import timezone
 from console.presenters.detail import actions_view
 from provisioning import actions
 from provisioning.models import ProvisioningRun
+from tests.conftest import drive, new_tenant
 from tests.views_support import activate, create, fail, run_of, start
 
 pytestmark = pytest.mark.django_db
@@ -134,10 +135,29 @@ def test_reset_of_a_run_whose_worker_died_is_offered_and_works(client, operator)
     assert 'id="dialog-reset"' in page
     response = client.post(reverse("tenant-reset", args=[tenant.slug]), {"reason": "worker gone"})
     assert response.status_code == 302
-    tenant.refresh_from_db()
     run = run_of(tenant)
+    assert run.status == ProvisioningRun.Status.COMPENSATING and run.reset_at is not None
+    assert drive(tenant) == "failed"  # the next worker undoes what it made
+    tenant.refresh_from_db()
     assert tenant.state == "failed"
-    assert run.status == ProvisioningRun.Status.FAILED and run.reset_at is not None
+
+
+def test_reset_is_refused_for_a_run_no_worker_has_claimed_yet(plans):
+    """Found by tests/test_fuzz_operations.py: a reset just after a create ended the
+    new run failed before any worker saw it."""
+    tenant = queued(new_tenant())
+    with pytest.raises(actions.ActionError, match="queued and a worker will start it"):
+        actions.reset_provisioning(tenant)
+    run = run_of(tenant)
+    tenant.refresh_from_db()
+    assert run.status == "queued" and run.reset_at is None and tenant.state == "provisioning"
+    # Unclaimed for longer than the reaper allows, its task was lost: reset may end it.
+    ProvisioningRun.objects.filter(pk=run.pk).update(
+        created_at=timezone.now() - timedelta(minutes=5)
+    )
+    actions.reset_provisioning(tenant)
+    assert run_of(tenant).status == "compensating"
+    assert drive(tenant) == "failed"
 
 
 def test_reset_is_not_shown_while_a_worker_holds_the_run(client, operator):

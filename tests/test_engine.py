@@ -159,11 +159,18 @@ def test_reset_of_a_run_whose_worker_died_fences_that_worker(plans):
     lease = ledger.claim(run.pk, "dead:1:x", ttl=0.01)
     time.sleep(0.05)  # the lease expires: the worker is gone
     actions.reset_provisioning(tenant, reason="worker died")
-    tenant.refresh_from_db()
-    assert tenant.state == "failed"
     with pytest.raises(Fenced):
         ledger.step_started(lease, run.steps.first())
     assert events(tenant)[-1][0] == "tenant.provisioning.reset"
+    # The next worker undoes what the run made, and it ends failed.
+    run.refresh_from_db()
+    assert run.status == "compensating" and run.reset_at is not None
+    with pytest.raises(actions.ActionError, match="already reset; a worker is undoing"):
+        actions.reset_provisioning(tenant)
+    assert drive(tenant) == "failed"
+    tenant.refresh_from_db()
+    assert tenant.state == "failed"
+    assert events(tenant)[-1][0] == "tenant.provisioning.failed"
 
 
 def test_a_stale_lease_cannot_write_after_another_worker_claims(plans):
