@@ -78,6 +78,7 @@ def test_under_a_benchmark_the_same_nine_steps_do_nothing_but_the_asked_wait(pla
 
 
 @pytest.mark.cluster
+@pytest.mark.broker
 @pytest.mark.django_db
 def test_the_engine_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path):
     out = tmp_path / "engine.json"

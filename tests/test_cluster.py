@@ -15,7 +15,7 @@ from provisioning.steps import STEP_IDS
 from tenants.models import Tenant
 from tests.conftest import ROOT, new_tenant, subprocess_env, wait_for, wait_for_step
 
-pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.cluster, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 
 def settle(tenant, timeout=60):

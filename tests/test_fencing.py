@@ -21,7 +21,7 @@ from provisioning.models import StepRun
 from tests.conftest import new_tenant, wait_for
 from tests.docker_support import require_docker
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster, pytest.mark.broker]
 
 LEASE = "3"
 

@@ -326,6 +326,7 @@ def settled(tenant, timeout=60):
 
 
 @pytest.mark.cluster
+@pytest.mark.broker
 def test_six_tenants_in_a_90s_wait_leave_room_for_a_seventh(plans, faults_enabled, cluster_factory):
     require_docker()
     cluster = cluster_factory(Q_WORKERS=2, WORKLOAD_DRIVER="docker")
@@ -374,6 +375,7 @@ def test_six_tenants_in_a_90s_wait_leave_room_for_a_seventh(plans, faults_enable
 
 
 @pytest.mark.cluster
+@pytest.mark.broker
 def test_a_parked_run_continues_close_to_its_due_time(plans, faults_enabled, cluster_factory):
     """Five runs parked in validate, due one after another; each is claimed when due.
 
@@ -421,6 +423,7 @@ def test_a_parked_run_continues_close_to_its_due_time(plans, faults_enabled, clu
 
 
 @pytest.mark.cluster
+@pytest.mark.broker
 def test_a_cancel_of_a_parked_run_settles_within_a_second(plans, faults_enabled, cluster_factory):
     cluster_factory(WORKLOAD_DRIVER="process")
     tenant = new_tenant("cancelme", faults=["allocate_network:hang:60"])
@@ -443,6 +446,7 @@ def test_a_cancel_of_a_parked_run_settles_within_a_second(plans, faults_enabled,
 
 
 @pytest.mark.cluster
+@pytest.mark.broker
 def test_a_killed_cluster_loses_no_parked_run(plans, faults_enabled, cluster_factory):
     """SIGKILL every process of the cluster while runs are in wait_ready; a new one
     finishes them within 5 s of starting (issue 8's acceptance), running nothing twice."""
@@ -474,6 +478,7 @@ def test_a_killed_cluster_loses_no_parked_run(plans, faults_enabled, cluster_fac
 
 
 @pytest.mark.cluster
+@pytest.mark.broker
 def test_the_pump_flags_a_parked_step_that_stalls(plans, faults_enabled, cluster_factory):
     cluster_factory(
         WORKLOAD_DRIVER="process",
@@ -499,6 +504,7 @@ def test_the_pump_flags_a_parked_step_that_stalls(plans, faults_enabled, cluster
 
 
 @pytest.mark.cluster
+@pytest.mark.broker
 def test_provision_wait_shows_the_wait_and_no_queue_lines(plans, faults_enabled, cluster_factory):
     cluster_factory(WORKLOAD_DRIVER="process")
     done = subprocess.run(
