@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import random
 import socket
@@ -475,15 +476,32 @@ CLUSTER_ENV = "CONSOLE_QCLUSTER"
 STOP_CHANNEL = "console_pump"
 
 
+# Set by this qcluster's signal handler, seen by every worker it forked:
+# made before the cluster starts, with django-q2's "fork" start method.
+_stopping = None
+
+
 def mark_cluster() -> str:
-    """Name this qcluster (host and pid) for the workers it is about to fork."""
+    """Name this qcluster (host and pid) for the workers it is about to fork,
+    and make the flag that tells them all that it stops."""
+    global _stopping
     token = f"{socket.gethostname()}:{os.getpid()}"
     os.environ[CLUSTER_ENV] = token
+    _stopping = multiprocessing.get_context("fork").Event()
     return token
 
 
+def cluster_stopping() -> bool:
+    """Whether this worker's qcluster is stopping (its flag; False outside one)."""
+    return _stopping is not None and _stopping.is_set()
+
+
 def announce_stop() -> None:
-    """Tell this cluster's waiting pump (if any) that the cluster is stopping."""
+    """Tell this cluster's pumps that the cluster is stopping: the flag every worker
+    sees (a pump that starts waiting later), and a notification on STOP_CHANNEL that
+    wakes the one waiting now."""
+    if _stopping is not None:
+        _stopping.set()
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_notify(%s, %s)",
@@ -680,6 +698,11 @@ def pump(run_id: int | None = None) -> str:
             if wait is None and not listen:
                 break  # nothing parked, and not listening: nothing to wait for
             if time.monotonic() >= deadline:
+                handover = True
+                break
+            if cluster_stopping():
+                # Heard by the workers of a stopping cluster that were busy when
+                # it said so (the notification only wakes the pump waiting then).
                 handover = True
                 break
             if waiter is None:

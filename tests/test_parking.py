@@ -211,6 +211,26 @@ def test_a_listening_pump_claims_a_new_run_at_once_and_stops_with_its_cluster(
     drive(tenant)
 
 
+def test_a_pump_that_goes_to_wait_after_its_cluster_said_stop_returns_at_once(
+    plans, settings, monkeypatch, task_queue
+):
+    """The stop's notification wakes the pump waiting then; a worker busy at that
+    moment starts waiting later, and its cluster's flag sends it home too (a
+    stopping qcluster waited 15 s for it, django-q2's stop being graceful)."""
+    settings.WORKLOAD_DRIVER = "process"
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 2, "sync": False}
+    monkeypatch.setenv(engine.CLUSTER_ENV, "")  # restored afterwards: mark_cluster sets it
+    monkeypatch.setattr(engine, "_stopping", None)
+    engine.mark_cluster()
+    assert not engine.cluster_stopping()
+    engine.announce_stop()
+    assert engine.cluster_stopping()
+    began = time.monotonic()
+    assert engine.pump() == engine.NOT_CLAIMED  # listening, yet it does not wait
+    assert time.monotonic() - began < 2
+    assert task_queue.queue_size() == 1  # the waiting handed over to the next cluster
+
+
 def test_a_lease_another_host_stopped_renewing_is_resumed_on_expiry(plans, settings, monkeypatch):
     """A worker on another host claimed the run and went silent (dead host, lost
     network): the waiting pump wakes when the lease expires and resumes the run,
