@@ -1,9 +1,11 @@
 """The saga engine, driven in this process against real PostgreSQL and the workload driver."""
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from provisioning import actions, engine, ledger
 from provisioning.drivers import get_driver
@@ -171,6 +173,42 @@ def test_reset_of_a_run_whose_worker_died_fences_that_worker(plans):
     tenant.refresh_from_db()
     assert tenant.state == "failed"
     assert events(tenant)[-1][0] == "tenant.provisioning.failed"
+
+
+def test_a_reset_after_the_worker_died_mid_saga_undoes_what_the_run_made(
+    plans, faults_enabled, settings
+):
+    """Found by tests/test_fuzz_operations.py: the reset ended the run on the spot, the
+    interrupted step stayed running and its work (and the earlier steps') stayed, which
+    reconcile reported as orphans of a failed tenant."""
+    from provisioning import reconcile
+    from provisioning.drivers import clear_cache
+    from tests.crash_support import resource_problems, resources
+
+    settings.WORKLOAD_DRIVER = "process"
+    clear_cache()
+    tenant = new_tenant(faults=["deploy_workloads:hang:30"])
+    run = actions.latest_run(tenant)
+    assert engine.advance(run.pk) == "parked"  # inside deploy_workloads
+    # Its worker then died holding it: a lease that expired, no wake time.
+    ProvisioningRun.objects.filter(pk=run.pk).update(
+        wake_at=None, wait_reason="", lease_owner="dead:1:x",
+        lease_expires_at=timezone.now() - timedelta(seconds=5),
+    )  # fmt: skip
+    assert resources(tenant)["schema"] == 1 and resources(tenant)["network"] == 1
+    actions.reset_provisioning(tenant, reason="worker died")
+    assert drive(tenant) == "failed"
+    tenant.refresh_from_db()
+    run.refresh_from_db()
+    assert tenant.state == "failed" and run.failed_step == "deploy_workloads"
+    statuses = set(run.steps.values_list("status", flat=True))
+    assert statuses <= {"compensated", "pending"}, statuses
+    assert resource_problems(tenant, resources(tenant)) == []
+    assert reconcile.find_drift().findings == []
+    assert [t for t, _ in events(tenant)][-2:] == [
+        "tenant.provisioning.compensated",
+        "tenant.provisioning.failed",
+    ]
 
 
 def test_a_stale_lease_cannot_write_after_another_worker_claims(plans):
