@@ -62,6 +62,14 @@ def test_create_answers_202_with_the_status_json_and_location(operator_token, op
     assert created.details["api_token"] == "billing-signup"
 
 
+def test_the_audit_feed_says_which_token_acted(operator_token, operator):
+    call(operator_token, "POST", "/api/v1/tenants", BODY)
+    client = Client()
+    client.force_login(operator)
+    page = client.get("/audit/")
+    assert b"Created acme-demo on plan free (through API token billing-signup)" in page.content
+
+
 def test_the_token_records_its_last_use(operator_token):
     token = ApiToken.objects.get()
     assert token.last_used_at is None

@@ -8,6 +8,12 @@ from provisioning.steps import TOTAL, label_of
 
 
 def summarize_event(event: AuditEvent) -> str:
+    text = _summary(event)
+    token = (event.details or {}).get("api_token")
+    return f"{text} (through API token {token})" if token else text
+
+
+def _summary(event: AuditEvent) -> str:
     d = event.details or {}
     kind = event.type
     step = label_of(d["step"]) if d.get("step") else ""
