@@ -134,7 +134,10 @@ def test_a_removed_replica_is_recreated_by_the_loop_while_the_other_one_answers(
         took = time.monotonic() - removed
         print(f"\nreplica removed -> recreated by the loop: {took:.1f}s; answers {set(answers)}")
         assert set(answers) == {200}
-        (event,) = AuditEvent.objects.filter(tenant=tenant, type="tenant.workload.repaired")
+        # Recorded once the new replica answers, a moment after it runs.
+        repaired = AuditEvent.objects.filter(tenant=tenant, type="tenant.workload.repaired")
+        wait_for(repaired.exists, timeout=30, message="the repair's event")
+        (event,) = repaired
         assert event.details["action"] == "recreated"
         assert event.details["target"] == f"tpc-{tenant.key}-r1"
         assert event.details["source"] == "schedule" and event.details["seconds"] > 0
