@@ -258,6 +258,22 @@ except ValueError:
     raise ImproperlyConfigured(
         f"WORKLOAD_PUBLISH_HOST must be an IP address, not {WORKLOAD_PUBLISH_HOST!r}"
     ) from None
+# WORKLOAD_DRIVER=swarm: the registry every swarm node pulls the workload image
+# from ("host:port"; the project pushes its image there when it lacks it).
+# Empty: the nodes must already have the image (a one-node swarm).
+WORKLOAD_REGISTRY = os.environ.get("WORKLOAD_REGISTRY", "").strip()
+if WORKLOAD_REGISTRY and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", WORKLOAD_REGISTRY):
+    raise ImproperlyConfigured(f"WORKLOAD_REGISTRY must be host:port, not {WORKLOAD_REGISTRY!r}")
+# WORKLOAD_DRIVER=swarm: placement constraints for tenants' services, comma
+# separated, e.g. "node.labels.tenant-workloads==true,node.role==worker".
+WORKLOAD_SWARM_CONSTRAINTS = [
+    c.strip() for c in os.environ.get("WORKLOAD_SWARM_CONSTRAINTS", "").split(",") if c.strip()
+]
+for _constraint in WORKLOAD_SWARM_CONSTRAINTS:
+    if not re.fullmatch(r"[A-Za-z0-9._/-]+\s*(==|!=)\s*[A-Za-z0-9._:/-]+", _constraint):
+        raise ImproperlyConfigured(
+            f"WORKLOAD_SWARM_CONSTRAINTS: {_constraint!r} is not NAME==VALUE or NAME!=VALUE"
+        )
 # How long a step (or its undo) keeps retrying while the Docker Engine is
 # unreachable or restarting (errors.EngineOutage), instead of its attempts:
 # a restart of dockerd takes seconds to a minute, far past a step's backoff.

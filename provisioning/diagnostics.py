@@ -283,6 +283,8 @@ def bundle(tenant: Tenant) -> dict:
         "resources": _resources(tenant, runs, steps_by_run),
         "workloads": workloads_json(tenant),
         "repairs": _repairs(tenant),
+        "placement": _placement(tenant),
+        "reschedules": _reschedules(tenant),
         "same_slug": same_slug(tenant),
         "events": events,
     }
@@ -295,6 +297,37 @@ def _repairs(tenant: Tenant, limit: int = 20) -> list[dict]:
         {"at": iso(e.created_at), "actor": e.actor, **(e.details or {})}
         for e in events.order_by("-seq")[:limit]
     ]
+
+
+def _placement(tenant: Tenant) -> dict | None:
+    """Where each replica runs now, asked of a swarm tenant's manager (None for one host)."""
+    if tenant.workload_driver != "swarm" or tenant.state == Tenant.State.DECOMMISSIONED:
+        return None
+    from provisioning.drivers import driver_for
+
+    try:
+        replicas = driver_for(tenant).list_replicas(tenant.key)
+    except Exception as exc:  # the manager away: say so, the rest of the bundle still helps
+        return {"error": f"{exc.__class__.__name__}: {exc}"[:300], "replicas": []}
+    return {
+        "error": None,
+        "replicas": [
+            {
+                "name": r.name,
+                "node": r.node or None,
+                "state": r.state,
+                "address": f"{r.host}:{r.port}" if r.port else None,
+                "task": r.ref or None,
+            }
+            for r in replicas
+        ],
+    }
+
+
+def _reschedules(tenant: Tenant, limit: int = 20) -> list[dict]:
+    """Swarm's latest moves of the tenant's replicas (the follower's events), newest first."""
+    events = AuditEvent.objects.filter(tenant=tenant, type="tenant.workload.rescheduled")
+    return [{"at": iso(e.created_at), **(e.details or {})} for e in events.order_by("-seq")[:limit]]
 
 
 def as_json(data: dict) -> str:
@@ -386,9 +419,28 @@ def as_text(data: dict) -> str:
             f"  {work['healthy']}/{work['expected']} healthy at {work['checked_at']}{degraded}"
             + (f"  ({work['error']})" if work["error"] else "")
         )
-        out.extend(f"    {r['name']}: {r['state']}, {r['answer']}" for r in work["replicas"])
+        out.extend(
+            f"    {r['name']}: {r['state']}, {r['answer']}"
+            + (f", on {r['node']}" if r.get("node") else "")
+            for r in work["replicas"]
+        )
     for r in data["repairs"]:
         out.append(f"  repaired {r['at']}: {r.get('what')} ({r.get('why')})")
+    placement = data.get("placement")
+    if placement is not None:
+        out.append("  Swarm now" + (f": {placement['error']}" if placement["error"] else ":"))
+        out.extend(
+            f"    {r['name']}: {r['state']} on {r['node'] or '?'}"
+            + (f" at {r['address']}" if r["address"] else "")
+            + (f" (task {r['task'][:12]})" if r["task"] else "")
+            for r in placement["replicas"]
+        )
+    for r in data.get("reschedules") or []:
+        moves = ", ".join(
+            f"{m.get('replica')} {m.get('from_node') or '?'} -> {m.get('to_node') or '?'}"
+            for m in r.get("moves") or []
+        )
+        out.append(f"  rescheduled {r['at']}: {moves or 'tasks moved'}; route {r.get('route')}")
     out += ["", "Same slug, other tenants:"]
     if not data["same_slug"]:
         out.append("  none")

@@ -59,19 +59,20 @@ REPLICA_RE = re.compile(r"(?P<key>.+)-r(?P<index>[0-9]+)")
 # The step whose success records each kind of resource.
 CREATED_BY = {
     "container": "deploy_workloads",
+    "service": "deploy_workloads",
     "network": "allocate_network",
     "route": "allocate_network",
     "schema": "allocate_storage",
 }
 KEPT = (StepRun.Status.SUCCEEDED, StepRun.Status.SKIPPED)
-FIX_ORDER = ("container", "route", "network", "schema")
+FIX_ORDER = ("service", "container", "route", "network", "schema")
 FIX_COMMAND = "manage.py reconcile --fix"
 
 
 @dataclass
 class Finding:
     problem: str  # "orphan" or "missing"
-    kind: str  # container, network, schema, route
+    kind: str  # container, service (a swarm's), network, schema, route
     name: str
     tenant_id: int | None
     tenant: str  # "acme (#5)", or "#999999" when there is no such tenant
@@ -235,7 +236,13 @@ def find_drift(driver=None) -> Report:
                 f"{name or 'driver'} workloads not checked: {exc.__class__.__name__}: {exc}"
             )
             continue
-        for kind, items in (("container", managed["replicas"]), ("network", managed["networks"])):
+        kinds = (
+            ("container", managed["replicas"]),
+            # A swarm's services (their tasks are listed as containers by slot).
+            ("service", managed.get("services", [])),
+            ("network", managed["networks"]),
+        )
+        for kind, items in kinds:
             for item in items:
                 parsed = parse_key(item.name, replica=kind == "container")
                 if parsed is None:
@@ -386,8 +393,12 @@ def still_orphan(tenant: Tenant | None, finding: Finding) -> bool:
 
 def _remove(finding: Finding, driver, gone: dict[str, set[str]]) -> bool:
     """Remove one orphan; False when it was already gone."""
-    if finding.kind in ("container", "network") and driver is None:
+    if finding.kind in ("container", "service", "network") and driver is None:
         driver = get_driver(finding.driver or None)
+    if finding.kind == "service":
+        if finding.key not in gone:
+            gone[finding.key] = {r.name for r in driver.list_replicas(finding.key)}
+        return bool(driver.remove_replicas(finding.key))
     if finding.kind == "container":
         if finding.key not in gone:
             # Every replica of one key has the same owner, so all are orphans.

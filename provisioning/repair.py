@@ -20,6 +20,12 @@ how long it took (until the replica answered /healthz). What the pass saw is
 kept in ``WorkloadHealth``, written before the repairs (so the pages show
 **Degraded** while they run) and after them.
 
+A swarm tenant's replicas are Swarm's to restart and reschedule: for it a
+pass only reports (state, node, health) and repairs what Swarm cannot, a
+deleted service or network or a replica count that is not the plan's, and
+the route (``provisioning.traffic.follow`` keeps routes on the current tasks
+between passes).
+
 A tenant is repaired only while it is active with no run in flight: a run's
 steps (and a decommission's undo) own its workloads meanwhile. Two repairs
 of one tenant never overlap (a PostgreSQL advisory lock, across hosts); the
@@ -46,6 +52,7 @@ from provisioning.drivers.base import (
     LABEL_TENANT,
     network_name,
     replica_name,
+    service_name,
 )
 from provisioning.drivers.readiness import probe
 from provisioning.errors import StepError, classify
@@ -182,6 +189,9 @@ def repair_tenant(tenant: Tenant, *, actor=None, reason: str = "", source: str =
 
 def _repair(tenant: Tenant, outcome: Outcome, *, actor, reason: str, source: str) -> None:
     driver = driver_for(tenant)
+    if driver.name == "swarm":
+        _repair_swarm(tenant, driver, outcome, actor=actor, reason=reason, source=source)
+        return
     plan = tenant.plan
     count = plan.replicas
     key = tenant.key
@@ -302,7 +312,7 @@ def _repair(tenant: Tenant, outcome: Outcome, *, actor, reason: str, source: str
                 | {"failures": 0 if ok else 1, "answer": answer}
             )
         outcome.healthy = sum(1 for s in observed if s["healthy"])
-    backends = _backends(now.values(), count)
+    backends = backends_of(now.values(), count)
     made = [r for r in repairs if r.action in REPLICA_ACTIONS and r.target != key]
     for repair in _follow_route(tenant, backends, started):
         if repair.action == "updated" and made:
@@ -317,6 +327,94 @@ def _repair(tenant: Tenant, outcome: Outcome, *, actor, reason: str, source: str
     with transaction.atomic():
         _record(tenant, repairs, actor=actor, reason=reason, source=source)
         _store(tenant, outcome, observed)
+
+
+def _repair_swarm(tenant: Tenant, driver, outcome: Outcome, *, actor, reason, source) -> None:
+    """A swarm tenant: Swarm restarts and reschedules tasks itself, so this pass reports
+    them (state, node, health) and repairs only what Swarm cannot: a service or network
+    that is gone, a replica count that is not the plan's, a route that does not follow."""
+    plan, key = tenant.plan, tenant.key
+    count = plan.replicas
+    started = time.monotonic()
+    service = driver.find_service(key)
+    network_gone = driver.find_network(key) is None
+    replicas = driver.list_replicas(key)
+    observed = _observe(replicas)
+    outcome.healthy = sum(1 for s in observed if s["healthy"])
+    _store(tenant, outcome, observed)
+
+    repairs: list[Repair] = []
+    why = ""
+    if service is None or network_gone:
+        why = "the service was gone" if service is None else "the network was gone"
+        if service is not None:  # a service cannot move to a new network: make both anew
+            driver.remove_replicas(key)
+        action = "recreated"
+    elif driver.desired(service) != count:
+        why = f"the service ran {driver.desired(service)} task(s), the plan {count}"
+        action = "scaled"
+    if why:
+        driver.ensure_network(key, {LABEL_MANAGED: "true", LABEL_TENANT: str(tenant.pk)})
+        driver.ensure_image(plan.image)
+        run = latest_run(tenant, ProvisioningRun.Kind.PROVISION)
+        driver.ensure_replicas(
+            key,
+            image=plan.image,
+            count=count,
+            memory_mb=plan.memory_mb,
+            pids_limit=plan.pids_limit,
+            labels={LABEL_TENANT: str(tenant.pk), LABEL_RUN: str(run.pk if run else "")},
+            env={"TENANT_SLUG": tenant.slug, "TENANT_ORG": tenant.org},
+        )
+        answered = _wait_until_answering(driver, key, set(range(1, count + 1)), started)
+        done = (
+            f"{len(answered)} of {count} replica(s) answered after {max(answered.values()):.1f}s"
+            if answered
+            else f"no replica answering after {READY_SECONDS:g}s"
+        )
+        repairs.append(
+            Repair(
+                f"service {service_name(key)} {action}",
+                f"{why}; {done}",
+                round(time.monotonic() - started, 3),
+                target=service_name(key),
+                action=action,
+            )
+        )
+        replicas = driver.list_replicas(key)
+        observed = _observe(replicas)
+        outcome.healthy = sum(1 for s in observed if s["healthy"])
+    backends = backends_of(replicas, count)
+    for repair in _follow_route(tenant, backends, started):
+        if repairs and repair.action == "updated":
+            repairs[0].route = backends
+        else:
+            repairs.append(repair)
+    outcome.repairs = repairs
+    with transaction.atomic():
+        _record(tenant, repairs, actor=actor, reason=reason, source=source)
+        _store(tenant, outcome, observed)
+
+
+def _observe(replicas) -> list[dict]:
+    """What the pages show of each replica: state, node, and its health check's answer."""
+    observed = []
+    for replica in sorted(replicas, key=lambda r: r.index):
+        seen = {
+            "name": replica.name,
+            "index": replica.index,
+            "node": replica.node,
+            "ref": replica.ref,
+            "state": replica.state,
+            "healthy": False,
+            "failures": 0,
+            "answer": replica.state,
+        }
+        if replica.state == "running":
+            ok, answer = probe(replica, timeout=PROBE_TIMEOUT)
+            seen.update(healthy=ok, failures=0 if ok else 1, answer=answer)
+        observed.append(seen)
+    return observed
 
 
 def follow_ports(tenant_id: int) -> bool:
@@ -334,7 +432,7 @@ def follow_ports(tenant_id: int) -> bool:
     try:
         started = time.monotonic()
         replicas = driver_for(tenant).list_replicas(tenant.key)
-        repairs = _follow_route(tenant, _backends(replicas, tenant.plan.replicas), started)
+        repairs = _follow_route(tenant, backends_of(replicas, tenant.plan.replicas), started)
         with transaction.atomic():
             _record(tenant, repairs, actor=None, reason="", source="proxy")
         return bool(repairs)
@@ -345,7 +443,7 @@ def follow_ports(tenant_id: int) -> bool:
         _unlock(tenant.pk)
 
 
-def _backends(replicas, count: int) -> list[str]:
+def backends_of(replicas, count: int) -> list[str]:
     """host:port of the plan's running replicas, in replica order."""
     running = [r for r in replicas if 1 <= r.index <= count and r.state == "running" and r.port]
     return [f"{r.host}:{r.port}" for r in sorted(running, key=lambda r: r.index)]

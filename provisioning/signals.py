@@ -15,3 +15,12 @@ def resume_runs_of_dead_workers(sender, proc_name, **kwargs):
 
     reap_dead_local_owners()
     ensure_pump()
+
+
+@receiver(post_spawn)
+def follow_swarm_tasks(sender, proc_name, **kwargs):
+    # Swarm tenants' routes follow their tasks within seconds: every worker
+    # runs a follower thread (one of them holds the lock and follows).
+    from provisioning.traffic.follow import ensure_follower
+
+    ensure_follower()

@@ -101,6 +101,8 @@ def workloads_json(tenant: Tenant) -> dict:
         "error": health.error or None,
         "replicas": [
             {k: r.get(k) for k in ("name", "state", "healthy", "failures", "answer")}
+            # A swarm tenant's replicas also name the node that runs each one.
+            | ({"node": r["node"]} if r.get("node") else {})
             for r in health.replicas
         ],
     }

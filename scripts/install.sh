@@ -6,6 +6,8 @@ cd "$ROOT"
 
 need_apt=()
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+# Debian's registry: the swarm tests' nodes pull the workload image from it (tests/swarm_support.py).
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 [ -x /usr/bin/chromium ] || [ "${SKIP_BROWSER:-0}" = 1 ] || need_apt+=(chromium)
 # The production edge's test (tests/test_nginx_edge.py) runs its own nginx on

@@ -70,7 +70,7 @@ class OwnEngine:
         self.netns = f"tpce-{tag}"
         self.host_if, self.ns_if = f"te{tag}h", f"te{tag}n"
         # A /30 of 10.251.0.0/16 per tag, the host's end .1, the namespace's .2.
-        block = (int(tag) % 16384) * 4
+        block = (int("".join(c for c in tag if c.isdigit()) or 0) % 16384) * 4
         self.host_ip = f"10.251.{block // 256}.{block % 256 + 1}"
         self.ns_ip = f"10.251.{block // 256}.{block % 256 + 2}"
         self.socket = self.root / "docker.sock"
@@ -86,9 +86,8 @@ class OwnEngine:
         """What a console process needs to use this engine."""
         return {"DOCKER_HOST": self.url, "WORKLOAD_PUBLISH_HOST": self.ns_ip}
 
-    def command(self) -> list[str]:
+    def dockerd_args(self) -> list[str]:
         return [
-            "nsenter", f"--net=/run/netns/{self.netns}",
             "dockerd",
             "--config-file", str(self.root / "daemon.json"),
             "--data-root", str(self.root / "data"),
@@ -98,25 +97,36 @@ class OwnEngine:
             "--cgroup-parent", f"/{self.netns}",
         ]  # fmt: skip
 
+    def command(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *self.dockerd_args()]
+
     @classmethod
     def up(cls, tag: str | None = None) -> OwnEngine:
         engine = cls(tag or str(os.getpid()))
-        engine.down()  # whatever a killed earlier run left behind
-        engine.root.mkdir(parents=True)
-        # Its own key file: dockerd would otherwise share /etc/docker/key.json.
-        (engine.root / "daemon.json").write_text(
-            f'{{"deprecated-key-path": "{engine.root / "key.json"}"}}'
-        )
-        _run("ip", "netns", "add", engine.netns)
-        _run("ip", "link", "add", engine.host_if, "type", "veth",
-             "peer", "name", engine.ns_if, "netns", engine.netns)  # fmt: skip
-        _run("ip", "addr", "add", f"{engine.host_ip}/30", "dev", engine.host_if)
-        _run("ip", "link", "set", engine.host_if, "up")
-        _run("ip", "-n", engine.netns, "addr", "add", f"{engine.ns_ip}/30", "dev", engine.ns_if)
-        _run("ip", "-n", engine.netns, "link", "set", engine.ns_if, "up")
-        _run("ip", "-n", engine.netns, "link", "set", "lo", "up")
+        engine.prepare()
+        engine.plumb()
         engine.start()
         return engine
+
+    def prepare(self) -> None:
+        """Remove what a killed earlier run left behind; write the daemon's own config."""
+        self.down()
+        self.root.mkdir(parents=True)
+        # Its own key file: dockerd would otherwise share /etc/docker/key.json.
+        (self.root / "daemon.json").write_text(
+            f'{{"deprecated-key-path": "{self.root / "key.json"}"}}'
+        )
+
+    def plumb(self) -> None:
+        """The namespace, joined to the host by a veth pair (a /30)."""
+        _run("ip", "netns", "add", self.netns)
+        _run("ip", "link", "add", self.host_if, "type", "veth",
+             "peer", "name", self.ns_if, "netns", self.netns)  # fmt: skip
+        _run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        _run("ip", "link", "set", self.host_if, "up")
+        _run("ip", "-n", self.netns, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
+        _run("ip", "-n", self.netns, "link", "set", self.ns_if, "up")
+        _run("ip", "-n", self.netns, "link", "set", "lo", "up")
 
     def start(self) -> float:
         """Start dockerd; the seconds until it answered a ping."""

@@ -169,6 +169,7 @@ def step_rows(snap: Snapshot, health: dict | None = None) -> list[StepRow]:
                             "name": r.get("name", "?"),
                             "state": r.get("state", "unknown"),
                             "css": REPLICA_STATES.get(r.get("state", ""), "muted"),
+                            "node": r.get("node", ""),
                         }
                         for r in progress.get("replicas") or []
                         if isinstance(r, dict)

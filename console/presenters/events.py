@@ -59,6 +59,15 @@ def _summary(event: AuditEvent) -> str:
         return f"Decommission started (was {d.get('from_state', '?')}){reason}"
     if kind == "tenant.decommission.completed":
         return "Decommissioned; slug freed"
+    if kind == "tenant.workload.rescheduled":
+        moves = [
+            f"{m.get('replica', '?')} {m.get('from_node') or '?'} → {m.get('to_node') or '?'}"
+            for m in d.get("moves") or []
+            if isinstance(m, dict)
+        ]
+        route = ", ".join(d.get("route") or []) or "unchanged"
+        what = "; ".join(moves) if moves else "tasks moved"
+        return f"Swarm rescheduled {what}; route now {route}"[:300]
     return ", ".join(f"{k}: {v}" for k, v in d.items())[:200]
 
 

@@ -22,7 +22,14 @@ def health_view(tenant: Tenant, health: WorkloadHealth | None) -> dict | None:
             text, css = f"not answering ({answer})", "warn"
         else:
             text, css = state, "bad"
-        chips.append({"name": replica.get("name", "?"), "state": text, "css": css})
+        chips.append(
+            {
+                "name": replica.get("name", "?"),
+                "state": text,
+                "css": css,
+                "node": replica.get("node", ""),  # the swarm node running it
+            }
+        )
     title = f"{health.healthy} of {health.expected} replicas healthy"
     if health.error:
         title += f": {health.error}"

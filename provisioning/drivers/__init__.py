@@ -1,4 +1,5 @@
-"""Workload drivers: Docker Engine when one answers, local processes otherwise.
+"""Workload drivers: Docker Engine when one answers, local processes otherwise;
+a Docker Swarm (``WORKLOAD_DRIVER=swarm``, never chosen by "auto") past one host.
 
     from provisioning.drivers import driver_for, get_driver
     driver = driver_for(tenant)    # the driver that holds this tenant's workloads
@@ -29,7 +30,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DRIVER_NAMES = ("auto", "docker", "process")
+DRIVER_NAMES = ("auto", "docker", "process", "swarm")
 DEFAULT_WORKLOAD_IMAGE = "tenant-console/workload:2"
 AUTO_PING_TIMEOUT = 2.0  # seconds; "auto" must not hang a worker on a dead socket
 KEY_LOCK_BUCKETS = 64  # per-key locks share this many files, so var/locks stays small
@@ -123,6 +124,10 @@ def docker_answers(timeout: float = AUTO_PING_TIMEOUT) -> tuple[bool, str]:
 
 
 def _make(name: str):
+    if name == "swarm":
+        from .swarm_driver import SwarmDriver
+
+        return SwarmDriver()
     if name == "docker":
         from .docker_driver import DockerDriver
 

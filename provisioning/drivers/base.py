@@ -17,11 +17,18 @@ LABEL_MANAGED = "io.tenant-console.managed"
 LABEL_TENANT = "io.tenant-console.tenant"
 LABEL_RUN = "io.tenant-console.run"
 LABEL_REPLICA = "io.tenant-console.replica"
+# The run's lease fence when its deploy made the workload (a swarm service's spec keeps it).
+LABEL_FENCE = "io.tenant-console.fence"
 LABEL_KEY = "io.tenant-console.key"  # the driver key (e.g. t42-acme), to list by label
 NAME_PREFIX = "tpc-"
 
 
 def network_name(key: str) -> str:
+    return f"{NAME_PREFIX}{key}"
+
+
+def service_name(key: str) -> str:
+    """A swarm service (all of a tenant's replicas) shares its network's name."""
     return f"{NAME_PREFIX}{key}"
 
 
@@ -36,8 +43,9 @@ class Replica:
     host: str  # where it answers HTTP, e.g. 127.0.0.1
     port: int
     state: str  # "running", "created", "exited", ...
-    ref: str  # container id, or process id for the process driver
+    ref: str  # container id, process id, or a swarm task's id
     labels: dict = field(default_factory=dict)
+    node: str = ""  # the swarm node that runs it ("" on one host)
 
     @property
     def base_url(self) -> str:
@@ -49,6 +57,15 @@ class Replica:
 
 @dataclass
 class Network:
+    name: str
+    ref: str
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass
+class Service:
+    """A swarm service: all of a tenant's replicas (WORKLOAD_DRIVER=swarm)."""
+
     name: str
     ref: str
     labels: dict = field(default_factory=dict)
@@ -102,4 +119,5 @@ class WorkloadDriver(Protocol):
         """Remove replica ``index`` of ``key`` (to replace it); False when it was gone."""
 
     def list_managed(self) -> dict:
-        """Everything labelled as the platform's: {"replicas": [...], "networks": [...]}."""
+        """Everything labelled as the platform's: {"replicas": [...], "networks": [...]}
+        (and "services": [...] on a swarm)."""

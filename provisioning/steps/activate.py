@@ -4,6 +4,7 @@ from provisioning.audit import record_event
 from provisioning.errors import PermanentError, TransientError
 from provisioning.models import Route
 from provisioning.steps.base import Step
+from provisioning.traffic.follow import follow_current
 from provisioning.traffic.verify import verify_tenant
 from tenants.models import Tenant
 
@@ -20,6 +21,11 @@ class MarkActive(Step):
 
     def run(self, ctx) -> dict:
         """One check of the tenant's URL; parks the run until the next while it does not serve."""
+        # The route names the replicas running now (Swarm may have moved one
+        # since wait_ready).
+        moved = follow_current(ctx.tenant, ctx.driver, ctx.plan.replicas)
+        if moved:
+            ctx.log(f"route follows the replicas now running: {', '.join(moved)}")
         route = Route.objects.filter(tenant=ctx.tenant).first()
         if route is None or not route.backends:
             raise PermanentError("the tenant has no route with backends", category="unknown")

@@ -1,7 +1,15 @@
-from provisioning.drivers.base import LABEL_RUN, LABEL_TENANT
+from provisioning.drivers.base import LABEL_FENCE, LABEL_RUN, LABEL_TENANT
 from provisioning.models import Route
 from provisioning.repair import excluding_repairs
 from provisioning.steps.base import Step
+
+
+def chip(replica, state: str) -> dict:
+    """A replica as the pages' chips show it: name, state, and the swarm node running it."""
+    shown = {"name": replica.name, "state": state}
+    if replica.node:
+        shown["node"] = replica.node
+    return shown
 
 
 class DeployWorkloads(Step):
@@ -20,20 +28,29 @@ class DeployWorkloads(Step):
             count=plan.replicas,
             memory_mb=plan.memory_mb,
             pids_limit=plan.pids_limit,
-            labels={LABEL_TENANT: str(tenant.pk), LABEL_RUN: str(ctx.run.pk)},
+            labels={
+                LABEL_TENANT: str(tenant.pk),
+                LABEL_RUN: str(ctx.run.pk),
+                LABEL_FENCE: str(ctx.run.fence),
+            },
             env={"TENANT_SLUG": tenant.slug, "TENANT_ORG": tenant.org},
             log=ctx.log,
         )
-        backends = [f"{r.host}:{r.port}" for r in replicas]
+        # A swarm task publishes its port only once it runs: wait_ready and
+        # mark_active point the route at the tasks that answer.
+        backends = [f"{r.host}:{r.port}" for r in replicas if r.port]
         Route.objects.filter(tenant=tenant).update(backends=backends)
         ctx.progress(
             f"{len(replicas)}/{plan.replicas} replicas started",
             1.0,
-            replicas=[{"name": r.name, "state": r.state} for r in replicas],
+            replicas=[chip(r, r.state) for r in replicas],
         )
         return {
             "driver": driver.name,
-            "replicas": [{"name": r.name, "ref": r.ref[:12], "port": r.port} for r in replicas],
+            "replicas": [
+                {"name": r.name, "ref": r.ref[:12], "port": r.port, "node": r.node}
+                for r in replicas
+            ],
         }
 
     def compensate(self, ctx) -> None:
