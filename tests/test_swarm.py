@@ -231,16 +231,25 @@ def test_a_killed_task_is_replaced_and_the_page_and_route_follow(console, operat
         assert serves(client, tenant)
         page = Client()
         page.force_login(operator)
-        wait_for(
+        event = wait_for(
             lambda: AuditEvent.objects.filter(
                 tenant=tenant, type="tenant.workload.rescheduled"
-            ).exists(),
+            ).first(),
             timeout=10,
             message="the rescheduling event",
         )
+        fresh = next(r for r in tasks(tenant) if r.index == victim.index)
+        assert event.details["moves"] == [
+            {
+                "replica": victim.name,
+                "from_node": lab.worker.hostname,
+                "to_node": fresh.node,
+                "address": f"{fresh.host}:{fresh.port}",
+            }
+        ]
         html = page.get(f"/tenants/{tenant.slug}/").content.decode()
-        assert "Swarm rescheduled" in html
-        assert victim.name in html and "chip-node" in html
+        assert f"Swarm rescheduled {victim.name} {lab.worker.hostname} → {fresh.node}" in html
+        assert f"on {fresh.node}" in html  # the replica's chip names its node
     finally:
         cleanup(tenant)
 

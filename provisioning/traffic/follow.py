@@ -101,6 +101,11 @@ def _follow(tenant: Tenant, replicas, backends: list[str]) -> dict | None:
     chips, changes = [], []
     for replica in sorted(replicas, key=lambda r: r.index):
         old = before.get(replica.name) or {}
+        # The slot's last running task (kept while a new one is starting), so a
+        # move is seen whether or not a pass caught the task in between.
+        last = old.get("running")
+        if last is None and old.get("state") == "running":
+            last = {"ref": old.get("ref"), "node": old.get("node", "")}
         seen = {
             "name": replica.name,
             "index": replica.index,
@@ -110,6 +115,7 @@ def _follow(tenant: Tenant, replicas, backends: list[str]) -> dict | None:
             "healthy": old.get("healthy", False),
             "failures": old.get("failures", 0),
             "answer": old.get("answer", replica.state),
+            "running": last,
         }
         if old.get("ref") != replica.ref or old.get("state") != replica.state:
             if replica.state == "running":
@@ -117,11 +123,13 @@ def _follow(tenant: Tenant, replicas, backends: list[str]) -> dict | None:
                 seen.update(healthy=ok, failures=0 if ok else 1, answer=answer)
             else:
                 seen.update(healthy=False, answer=replica.state)
-            if old and old.get("ref") != replica.ref and replica.state == "running":
+        if replica.state == "running":
+            seen["running"] = {"ref": replica.ref, "node": replica.node}
+            if last and last.get("ref") != replica.ref:
                 changes.append(
                     {
                         "replica": replica.name,
-                        "from_node": old.get("node", ""),
+                        "from_node": last.get("node", ""),
                         "to_node": replica.node,
                         "address": f"{replica.host}:{replica.port}",
                     }
@@ -148,8 +156,11 @@ def _follow(tenant: Tenant, replicas, backends: list[str]) -> dict | None:
             row.degraded_since = None
         row.save()
         moved = None
-        if changes or route_moved:
-            moved = {"moves": changes, "route": backends if route_moved else was, "was": was}
+        if changes:
+            # One event per replica (or replicas) that runs again elsewhere; a
+            # route that only lost a stopping task changes without one.
+            now = backends if route_moved else was
+            moved = {"moves": changes, "route": now, "was": was}
             record_event("tenant.workload.rescheduled", tenant=tenant, details=moved)
         else:
             announce([f"tenant-{tenant.pk}", "tenants"])
@@ -200,7 +211,8 @@ class Follower:
                 wait = self.interval
                 try:
                     close_old_connections()
-                    if not Tenant.objects.filter(workload_driver="swarm").exists():
+                    swarm = Tenant.objects.filter(workload_driver="swarm")
+                    if not swarm.exclude(state=Tenant.State.DECOMMISSIONED).exists():
                         wait = IDLE_SECONDS
                     elif self._holds_lock():
                         follow_swarm()
