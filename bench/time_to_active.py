@@ -1,6 +1,7 @@
-"""Time from submit to active for free tenants on the Docker driver.
+"""Time from submit to active for free tenants on the Docker driver (or a Docker Swarm).
 
     .venv/bin/python bench/time_to_active.py [--n 20] [--workers 2] [--database-url URL]
+    .venv/bin/python bench/time_to_active.py --driver swarm --phase one-at-a-time
 
 It sets up its own world and takes it down again:
 
@@ -10,6 +11,10 @@ It sets up its own world and takes it down again:
 - ``RESOURCE_NAMESPACE=bench<pid>-``, so every container and network it makes
   is named ``tpc-bench<pid>-...`` and nothing else on the engine is touched;
 - ``WORKLOAD_DRIVER=docker`` (it stops with a message if no engine answers);
+  with ``--driver swarm``, a two-node Docker Swarm of its own and its
+  registry (``tests/swarm_support.SwarmLab``, as the swarm tests use: two
+  dockerd in network namespaces, Debian's docker-registry; root only),
+  removed afterwards;
 - a real ``manage.py qcluster`` (ORM broker, ``Q_WORKERS=--workers``).
 
 After ``--warmup`` unmeasured tenants it measures two phases:
@@ -142,10 +147,16 @@ def docker_client():
 
 
 def remove_namespace(client, prefix: str) -> tuple[int, int]:
-    """Remove containers, then networks, named ``prefix*``; (containers, networks)."""
+    """Remove services, containers, then networks named ``prefix*``; (containers, networks)."""
     import docker.errors
 
     containers = networks = 0
+    with contextlib.suppress(docker.errors.APIError):  # (an engine that is no swarm manager)
+        for service in client.services.list(filters={"name": prefix}):
+            if service.name.startswith(prefix):
+                with contextlib.suppress(docker.errors.NotFound):
+                    service.remove()
+                    containers += 1
     for container in client.containers.list(all=True, filters={"name": prefix}):
         if container.name.startswith(prefix):
             with contextlib.suppress(docker.errors.NotFound):
@@ -435,7 +446,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def report(args, phases: list[Phase], busy_before: float | None) -> None:
     print()
-    print(f"time to active, free plan, Docker driver, Q_WORKERS={args.workers}, seconds")
+    print(f"time to active, free plan, {args.driver} driver, Q_WORKERS={args.workers}, seconds")
     if args.settings != DEFAULT_SETTINGS:
         print(f"settings: {args.settings}")
     if busy_before is not None:
@@ -573,6 +584,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="DJANGO_SETTINGS_MODULE for this script and the cluster, to measure a change "
         f"(default {DEFAULT_SETTINGS})",
     )
+    parser.add_argument(
+        "--driver",
+        choices=("docker", "swarm"),
+        default="docker",
+        help="docker (the engine at DOCKER_HOST), or swarm (a two-node swarm of its own)",
+    )
     parser.add_argument("--keep-db", action="store_true", help="keep the scratch database")
     args = parser.parse_args(argv)
     if args.n < 1 or args.workers < 1 or args.warmup < 0:
@@ -589,9 +606,17 @@ def main(argv=None) -> int:
     prefix = f"tpc-{namespace}"
     scratch = f"bench_{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-tta-"))
-    cluster = client = url = None
+    cluster = client = url = lab = None
     created_db = False
     try:
+        if args.driver == "swarm":
+            from tests.swarm_support import SwarmLab, missing_tools
+
+            if why := missing_tools():
+                raise BenchError(f"no swarm of its own can be made here: {why}")
+            lab = SwarmLab.up()
+            print(f"swarm up in {lab.up_seconds:.1f}s", file=sys.stderr)
+            os.environ.update(lab.env())
         client = docker_client()
         busy_before = busy_share(BUSY_SAMPLE_SECONDS)
         url = server_url(args.database_url)
@@ -601,7 +626,8 @@ def main(argv=None) -> int:
             "DATABASE_URL": with_database(url, scratch),
             "DJANGO_SETTINGS_MODULE": args.settings,
             "RESOURCE_NAMESPACE": namespace,
-            "WORKLOAD_DRIVER": "docker",
+            "WORKLOAD_DRIVER": args.driver,
+            **(lab.env() if lab else {}),
             "Q_WORKERS": str(args.workers),
             "PROVISIONING_FAULTS_ENABLED": "0",
             # Files (locks, welcome emails, the nginx route table) stay in the
@@ -622,12 +648,12 @@ def main(argv=None) -> int:
 
         print(
             f"scratch database {scratch}, namespace {namespace}, "
-            f"Q_WORKERS={args.workers}, N={args.n}",
+            f"Q_WORKERS={args.workers}, N={args.n}, driver {args.driver}",
             file=sys.stderr,
         )
         call_command("migrate", verbosity=0, interactive=False)
         # The image is built once per engine: build it now, not in the first tenant.
-        get_driver("docker").ensure_image(settings.WORKLOAD_IMAGE)
+        get_driver(args.driver).ensure_image(settings.WORKLOAD_IMAGE)
         warn_network_room(client, args.warmup + args.n)
 
         cluster = Cluster({**os.environ, **env}, tmp / "qcluster.log")
@@ -671,6 +697,9 @@ def main(argv=None) -> int:
         return 130
     finally:
         cleanup(cluster, client, prefix, url, scratch if created_db else None, args.keep_db)
+        if lab is not None:
+            lab.down()
+            print("cleanup: the swarm is down", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -166,7 +166,7 @@ def test_draining_the_worker_moves_the_replicas_and_the_url_keeps_answering(cons
         failed = sent = 0
         set_availability(lab, lab.worker.hostname, "drain")
         drained = time.monotonic()
-        followed = None
+        followed = moved = None
         manager = lab.manager.ns_ip
         while time.monotonic() - drained < 30:
             sent += 1
@@ -174,6 +174,8 @@ def test_draining_the_worker_moves_the_replicas_and_the_url_keeps_answering(cons
             backends = Route.objects.get(tenant=tenant).backends
             now = tasks(tenant)
             on_manager = all(r.node == lab.manager.hostname and r.state == "running" for r in now)
+            if moved is None and on_manager:
+                moved = time.monotonic() - drained
             if followed is None and on_manager and backends == addresses(now):
                 assert all(b.startswith(manager + ":") for b in backends)
                 followed = time.monotonic() - drained
@@ -181,7 +183,8 @@ def test_draining_the_worker_moves_the_replicas_and_the_url_keeps_answering(cons
                 break
             time.sleep(0.05)
         print(
-            f"\ndrain of {lab.worker.hostname}: route on the new tasks after "
+            f"\ndrain of {lab.worker.hostname}: the 3 tasks ran on the manager after "
+            f"{moved if moved is None else round(moved, 2)}s, the route named them after "
             f"{followed if followed is None else round(followed, 2)}s; "
             f"{failed} of {sent} requests failed during the move"
         )
@@ -302,10 +305,20 @@ def test_repair_only_reports_tasks_and_recreates_a_deleted_service(console):
         assert outcome.healthy == 2
         assert Route.objects.get(tenant=tenant).backends == addresses(tasks(tenant))
         wait_for(lambda: serves(client, tenant), timeout=10, message="the URL to answer")
+        # A plan that runs more replicas: the service is scaled with its stored
+        # spec, so the tasks already running are left alone (not restarted).
+        before = {r.index: r.ref for r in tasks(tenant)}
+        tenant.plan.replicas = 3
+        tenant.plan.save(update_fields=["replicas"])
+        outcome = repair.repair_tenant(tenant)
+        assert [r.action for r in outcome.repairs] == ["scaled"], outcome.as_dict()
+        after = {r.index: r.ref for r in tasks(tenant)}
+        assert {i: after[i] for i in before} == before
+        assert len(Route.objects.get(tenant=tenant).backends) == 3
         # The diagnostics bundle names the node of each replica, asked of the manager.
         data = bundle(tenant)
         placed = data["placement"]["replicas"]
-        assert [r["state"] for r in placed] == ["running", "running"]
+        assert [r["state"] for r in placed] == ["running"] * 3
         assert all(r["node"] in (lab.manager.hostname, lab.worker.hostname) for r in placed)
         assert "Swarm now:" in as_text(data)
     finally:

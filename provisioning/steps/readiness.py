@@ -3,7 +3,7 @@ from provisioning.errors import PermanentError, TransientError
 from provisioning.repair import backends_of
 from provisioning.steps.base import Step
 from provisioning.steps.workloads import chip
-from provisioning.traffic.follow import point_route
+from provisioning.traffic.follow import point_route, record_placement
 
 # One check probes every replica not yet ready; the next check comes after
 # POLL_SECONDS, doubling up to MAX_POLL_SECONDS, so a replica that answers at
@@ -65,6 +65,8 @@ class WaitReady(Step):
             # The route names the replicas that answered (swarm tasks publish
             # their ports only once they run).
             point_route(ctx.tenant, backends_of(replicas, plan.replicas))
+            if ctx.driver.name == "swarm":
+                record_placement(ctx.tenant, replicas)
             return {"ready": ready, "probes": probes}
         if ctx.time_left() <= 0:
             ctx.progress(message, ready / len(replicas), replicas=chips)

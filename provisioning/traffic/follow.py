@@ -5,7 +5,8 @@ drained or down, and each new task publishes its port on the node that runs
 it. So a swarm tenant's route is kept on its current tasks:
 
 - ``point_route`` / ``follow_current``: wait_ready and mark_active point the
-  route at the replicas running now before traffic is verified;
+  route at the replicas running now before traffic is verified, and
+  wait_ready records where each replica runs (``record_placement``);
 - ``follow_swarm``: one pass over every active swarm tenant, three API calls
   for all of them (services, running tasks, nodes). A route whose tasks moved
   gets their addresses (and with it the nginx route table, rewritten on every
@@ -33,7 +34,7 @@ from django.utils import timezone
 
 from provisioning.audit import announce, record_event
 from provisioning.drivers.readiness import probe
-from provisioning.models import ProvisioningRun, Route, WorkloadHealth
+from provisioning.models import Route, WorkloadHealth
 from tenants.models import Tenant
 
 log = logging.getLogger("provisioning.traffic")
@@ -63,12 +64,42 @@ def follow_current(tenant: Tenant, driver, count: int) -> list[str]:
 
 
 def swarm_tenants():
-    live = ProvisioningRun.objects.filter(status__in=ProvisioningRun.LIVE).values("tenant_id")
+    """Active swarm tenants, also while their run's last, best-effort step (the welcome
+    emails) runs: once active, the route is the follower's to keep."""
     return (
         Tenant.objects.filter(state=Tenant.State.ACTIVE, workload_driver="swarm")
-        .exclude(pk__in=live)
         .select_related("plan", "route")
         .order_by("pk")
+    )
+
+
+def record_placement(tenant: Tenant, replicas) -> None:
+    """What wait_ready saw when every replica answered: the follower's first picture of
+    where each replica runs, so a move right after activation is seen as one."""
+    chips = [
+        {
+            "name": r.name,
+            "index": r.index,
+            "node": r.node,
+            "ref": r.ref,
+            "state": r.state,
+            "healthy": True,
+            "failures": 0,
+            "answer": "200",
+            "running": {"ref": r.ref, "node": r.node},
+        }
+        for r in sorted(replicas, key=lambda r: r.index)
+    ]
+    WorkloadHealth.objects.update_or_create(
+        tenant=tenant,
+        defaults={
+            "replicas": chips,
+            "expected": tenant.plan.replicas,
+            "healthy": len(chips),
+            "error": "",
+            "checked_at": timezone.now(),
+            "degraded_since": None,
+        },
     )
 
 
