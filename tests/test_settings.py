@@ -51,6 +51,12 @@ def test_production_mode_refuses_to_start_without_a_real_secret_key():
             "WORKLOAD_ENGINE_OUTAGE_SECONDS must be a number",
         ),
         ({"WORKLOAD_PUBLISH_HOST": "localhost"}, "WORKLOAD_PUBLISH_HOST must be an IP address"),
+        ({"WORKLOAD_DRIVER": "kubernetes"}, "WORKLOAD_DRIVER must be one of"),
+        ({"WORKLOAD_REGISTRY": "http://registry:5000"}, "WORKLOAD_REGISTRY must be host:port"),
+        (
+            {"WORKLOAD_SWARM_CONSTRAINTS": "node.role==worker,anywhere"},
+            "WORKLOAD_SWARM_CONSTRAINTS: 'anywhere' is not NAME==VALUE",
+        ),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(env, message):

@@ -1,5 +1,6 @@
 """How the swarm driver reads a service's tasks as replicas (no swarm needed: the
-task lists are the engine's JSON as Swarm returns it, cut to the fields read)."""
+task lists are the engine's JSON as Swarm returns it, cut to the fields read),
+and the follower's lock (one follower at a time, on the test database)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from provisioning.drivers.swarm_driver import _split_tag, registry_ref, replicas_of
+from provisioning.traffic.follow import Follower
 
 NODES = {"n1": ("swarm-n1", "10.0.0.1"), "n2": ("swarm-n2", "10.0.0.2")}
 
@@ -80,3 +82,18 @@ def test_tags_split_from_a_registry_with_a_port():
         "2",
     )
     assert _split_tag("10.0.0.1:5000/workload") == ("10.0.0.1:5000/workload", "latest")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_follower_follows_at_a_time_and_another_takes_over_when_it_goes():
+    first, second = Follower(), Follower()
+    try:
+        assert first._holds_lock()
+        assert not second._holds_lock()  # another worker (or host) follows meanwhile
+        first.lock_conn.close()  # its worker died: the lock goes with its connection
+        first.lock_conn = None
+        assert second._holds_lock()
+    finally:
+        for follower in (first, second):
+            if follower.lock_conn is not None:
+                follower.lock_conn.close()
