@@ -50,9 +50,8 @@ def point_route(tenant: Tenant, backends: list[str]) -> bool:
     """Point ``tenant``'s route at ``backends`` (when any); True when it changed."""
     if not backends:
         return False
-    return bool(Route.objects.filter(tenant=tenant).exclude(backends=backends).update(
-        backends=backends
-    ))  # fmt: skip
+    changed = Route.objects.filter(tenant=tenant).exclude(backends=backends)
+    return bool(changed.update(backends=backends))
 
 
 def follow_current(tenant: Tenant, driver, count: int) -> list[str]:
@@ -210,6 +209,7 @@ class Follower:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="swarm-follower", daemon=True)
         self.lock_conn = None
+        self.last_error = ""
 
     def start(self) -> Follower:
         self.thread.start()
@@ -247,10 +247,17 @@ class Follower:
                         wait = IDLE_SECONDS
                     elif self._holds_lock():
                         follow_swarm()
+                        self.last_error = ""
                     else:
                         wait = IDLE_SECONDS / 2  # another worker follows; look again later
-                except Exception:  # the manager or the database away: try again next pass
-                    log.exception("following the swarm's tasks failed")
+                except Exception as exc:  # the manager or the database away: try again
+                    # The whole traceback once per kind of failure, not every 2 s.
+                    text = f"{exc.__class__.__name__}: {exc}"
+                    if text != self.last_error:
+                        log.exception("following the swarm's tasks failed")
+                    else:
+                        log.warning("following the swarm's tasks failed again: %s", text)
+                    self.last_error = text
                     if self.lock_conn is not None:
                         self.lock_conn.close()
                         self.lock_conn = None
