@@ -18,7 +18,7 @@ After every rule, from one consistent snapshot (REPEATABLE READ):
 - every step that started ended succeeded, compensated or skipped (or a
   best-effort step failed), unless its run is still live;
 - audit ``seq`` is gapless within each transaction, and transactions'
-  ranges do not interleave;
+  ranges do not interleave (with FUZZ_AUDIT_SEQ=1: an open finding);
 - a refused action changed nothing;
 - the status JSON agrees with the rows.
 
@@ -70,6 +70,10 @@ from tests.docker_support import require_docker
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
+# The audit seq invariant is broken today (an open finding of this fuzz, in
+# docs/RELIABILITY.md, pinned by tests/test_audit.py's strict xfail): checked
+# only with FUZZ_AUDIT_SEQ=1, so it does not hide what else the fuzz finds.
+CHECK_SEQ = os.environ.get("FUZZ_AUDIT_SEQ") == "1"
 SETTLE_SECONDS = 90
 S = Tenant.State
 # Where each state may go next; the fuzz sees states between rules, so it
@@ -292,7 +296,8 @@ def check_snapshot(mine: list[int], seen: dict[int, str]) -> None:
     )
     loose = [row for row in loose if not (row[3] == "failed" and BY_ID[row[2]].best_effort)]
     assert not loose, f"steps of ended runs left unfinished: {loose}"
-    check_audit_seq()
+    if CHECK_SEQ:
+        check_audit_seq()
     for tenant in tenants.values():
         status = tenant_status(tenant)
         run = actions.latest_run(tenant)
