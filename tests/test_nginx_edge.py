@@ -70,9 +70,17 @@ def until_served_by(nginx: Nginx, http: httpx.Client, host: str, wanted, timeout
 
 
 def upstream_of(nginx: Nginx, host: str, path: str = "/") -> str:
-    """Where nginx sent the last request for ``host`` and ``path`` (its access log)."""
-    lines = [line for line in nginx.access_log() if line.startswith(f"{host} {path} ")]
-    assert lines, nginx.access_log()
+    """Where nginx sent the last request for ``host`` and ``path`` (its access log).
+
+    nginx writes the line after the answer has gone out, so a client can read
+    the log before it is there: a moment's wait for it.
+    """
+    deadline = time.monotonic() + 2
+    while not (
+        lines := [line for line in nginx.access_log() if line.startswith(f"{host} {path} ")]
+    ):
+        assert time.monotonic() < deadline, nginx.access_log()
+        time.sleep(0.05)
     return lines[-1].rsplit("upstream=", 1)[1]
 
 
