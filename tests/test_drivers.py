@@ -416,6 +416,12 @@ def test_probe_reports_why_a_replica_is_not_ready():
     assert probe(replica_at(0)) == (False, "no published port")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.docker
 def test_a_replica_keeps_its_port_across_a_restart_and_a_taken_port_is_not_reused(
     docker_driver,  # noqa: F811 (the fixture imported above)
@@ -430,7 +436,9 @@ def test_a_replica_keeps_its_port_across_a_restart_and_a_taken_port_is_not_reuse
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        picks = iter([taken, taken + 1 if taken + 1 < 65536 else taken - 1])
+        # Then ports that were free a moment ago (a neighbour of `taken` may not
+        # be: other tests open sockets too).
+        picks = iter([taken, *(_free_port() for _ in range(3))])
         monkeypatch.setattr(module, "pick_port", lambda: next(picks))
         (replica,) = ensure(docker_driver, docker_key, 1)
     assert replica.port != taken and replica.state == "running"

@@ -156,11 +156,13 @@ class Gate:
         self.passed = {g: t for g, t in self.passed.items() if now - t < CHECK_SECONDS}
         fresh = {g for g, t in self.passed.items() if now - t < CHECK_SECONDS - ahead}
         stale = {s.grant for s in sockets} - fresh
+        # Trusted from when the check began: a sign-out committed while the
+        # check ran must not be trusted away for a further CHECK_SECONDS. (The
+        # hub's warming check keeps slow checks off the pushes' path.)
+        asked = time.monotonic()
         found = await database_sync_to_async(verdicts)(stale) if stale else {}
-        # Trusted from when the answer arrived: a batch slower than CHECK_SECONDS
-        # (a loaded database) must not make every following push check again.
         now = time.monotonic()
-        self.passed.update((g, now) for g, code in found.items() if code is None)
+        self.passed.update((g, asked) for g, code in found.items() if code is None)
         admitted = []
         for socket in sockets:
             code = found.get(socket.grant)
