@@ -262,17 +262,7 @@ def _repair(tenant: Tenant, outcome: Outcome, *, actor, reason: str, source: str
         for index, action, _ in broken:
             if action == "replaced":
                 driver.remove_replica(key, index)
-        driver.ensure_image(plan.image)
-        run = latest_run(tenant, ProvisioningRun.Kind.PROVISION)
-        driver.ensure_replicas(
-            key,
-            image=plan.image,
-            count=count,
-            memory_mb=plan.memory_mb,
-            pids_limit=plan.pids_limit,
-            labels={LABEL_TENANT: str(tenant.pk), LABEL_RUN: str(run.pk if run else "")},
-            env={"TENANT_SLUG": tenant.slug, "TENANT_ORG": tenant.org},
-        )
+        _deploy_plan(driver, tenant)
         answered = _wait_until_answering(driver, key, {index for index, _, _ in broken}, started)
         for index, action, why in broken:
             name = replica_name(key, index)
@@ -329,6 +319,22 @@ def _repair(tenant: Tenant, outcome: Outcome, *, actor, reason: str, source: str
         _store(tenant, outcome, observed)
 
 
+def _deploy_plan(driver, tenant: Tenant) -> None:
+    """Bring the tenant's replicas up to its plan, labelled with its provisioning run."""
+    plan = tenant.plan
+    driver.ensure_image(plan.image)
+    run = latest_run(tenant, ProvisioningRun.Kind.PROVISION)
+    driver.ensure_replicas(
+        tenant.key,
+        image=plan.image,
+        count=plan.replicas,
+        memory_mb=plan.memory_mb,
+        pids_limit=plan.pids_limit,
+        labels={LABEL_TENANT: str(tenant.pk), LABEL_RUN: str(run.pk if run else "")},
+        env={"TENANT_SLUG": tenant.slug, "TENANT_ORG": tenant.org},
+    )
+
+
 def _repair_swarm(tenant: Tenant, driver, outcome: Outcome, *, actor, reason, source) -> None:
     """A swarm tenant: Swarm restarts and reschedules tasks itself, so this pass reports
     them (state, node, health) and repairs only what Swarm cannot: a service or network
@@ -355,17 +361,7 @@ def _repair_swarm(tenant: Tenant, driver, outcome: Outcome, *, actor, reason, so
         action = "scaled"
     if why:
         driver.ensure_network(key, {LABEL_MANAGED: "true", LABEL_TENANT: str(tenant.pk)})
-        driver.ensure_image(plan.image)
-        run = latest_run(tenant, ProvisioningRun.Kind.PROVISION)
-        driver.ensure_replicas(
-            key,
-            image=plan.image,
-            count=count,
-            memory_mb=plan.memory_mb,
-            pids_limit=plan.pids_limit,
-            labels={LABEL_TENANT: str(tenant.pk), LABEL_RUN: str(run.pk if run else "")},
-            env={"TENANT_SLUG": tenant.slug, "TENANT_ORG": tenant.org},
-        )
+        _deploy_plan(driver, tenant)
         answered = _wait_until_answering(driver, key, set(range(1, count + 1)), started)
         done = (
             f"{len(answered)} of {count} replica(s) answered after {max(answered.values()):.1f}s"
